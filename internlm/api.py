@@ -1,0 +1,81 @@
+"""For Python users and notebooks: load a trained model and its tokenizer from a run or checkpoint.
+
+    model, tokenizer = internlm.load("outputs/2026-11-28/10-00-00")
+    logits = model(torch.tensor([tokenizer.encode("Hello", bos=True)]))
+
+Configs read back from a checkpoint only ever become registered dataclasses: nothing in them is
+imported or executed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+import internlm.components  # noqa: F401  (registers every component)
+from internlm import registry
+from internlm.errors import ConfigError
+from internlm.runtime import checkpoint as ckpt
+
+
+def typed_section(group: str, name: str, values: dict) -> Any:
+    """A saved config section as its component's dataclass (unknown keys are refused)."""
+    schema = OmegaConf.structured(registry.get(group, name).config)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(schema, values))
+    except Exception as exc:
+        raise ConfigError(f"checkpoint config section '{group}' does not fit {name}: {exc}") from None
+
+
+def load_model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The model's full (unsharded) state dict from a checkpoint, on the CPU."""
+    state_path = checkpoint / "state"
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        return state["model"]
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save  # sharded checkpoint
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(state_path, Path(tmp) / "full.pt")
+        state = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=True)
+    return state["model"]
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
+    """(model in eval mode, tokenizer) from a checkpoint folder or the newest one of a run folder."""
+    checkpoint = ckpt.find_checkpoint(str(path), Path(path))
+    names = ckpt.read_meta(checkpoint)["components"]
+    saved = ckpt.read_config(checkpoint)
+    model_cfg = typed_section("model", names["model"], saved["model"])
+    model_cfg.init_from = None  # the checkpoint holds the weights
+    tokenizer = registry.build(typed_section("tokenizer", names["tokenizer"], saved["tokenizer"]))
+    with torch.device("meta"):
+        model = registry.build(model_cfg)
+    model = model.to_empty(device=device)
+    model.rotary.reset_parameters()  # buffers are not in the state dict
+    missing, unexpected = model.load_state_dict(load_model_state(checkpoint), strict=False)
+    missing = [k for k in missing if not (model_cfg.tie_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ConfigError(
+            f"checkpoint {checkpoint} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model.eval(), tokenizer
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()):
+    """The composed (not yet compiled) config for these overrides, checked like the CLI's."""
+    from internlm.preflight import check_overrides, compose as hydra_compose
+
+    check_overrides(list(overrides))
+    return hydra_compose(list(overrides))
+
+
+def run(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path = "outputs/api") -> Any:
+    """Run a task as `python -m internlm <overrides>` would, with `run_dir` as the run folder."""
+    from internlm.program import run as run_program
+
+    return run_program(compose(overrides), Path(run_dir))

@@ -1,0 +1,63 @@
+"""The one batch format every data source produces and every task consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+IGNORE_INDEX = -100  # label value that contributes no loss (padding, prompts, InternLM's negative ids)
+
+
+@dataclass
+class Batch:
+    """A micro batch of packed rows.
+
+    input_ids:    [B, S] int64 token ids.
+    labels:       [B, S] int64, the next-token targets already shifted (labels[:, t] is the token
+                  that should follow input_ids[:, t]); IGNORE_INDEX where no loss is taken.
+    position_ids: [B, S] int64, restarting at 0 at every document start; they define the document
+                  layout (attention never crosses a document, rotary positions restart).
+    cu_seqlens:   optional [docs + 1] int32 cumulative document lengths over the flattened B*S
+                  tokens, precomputed on the host for varlen kernels (saves a device sync).
+    max_seqlen:   optional int, the longest document in the batch.
+    """
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    position_ids: torch.Tensor
+    cu_seqlens: torch.Tensor | None = None
+    max_seqlen: int | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        moved = {
+            f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return Batch(**moved)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.input_ids.numel()
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return int((self.labels != IGNORE_INDEX).sum())
+
+    def model_inputs(self) -> dict:
+        return {
+            "position_ids": self.position_ids,
+            "cu_seqlens": self.cu_seqlens,
+            "max_seqlen": self.max_seqlen,
+        }
+
+
+def cu_seqlens_from_positions(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Host-side helper for loaders: document starts (position 0, or a row start) -> cu_seqlens."""
+    seq = position_ids.shape[1]
+    starts = position_ids.reshape(-1) == 0
+    starts[::seq] = True
+    idx = torch.nonzero(starts).flatten().to(torch.int32)
+    cu = torch.cat([idx, torch.tensor([position_ids.numel()], dtype=torch.int32)])
+    return cu, int((cu[1:] - cu[:-1]).max())

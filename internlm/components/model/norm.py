@@ -1,0 +1,35 @@
+"""RMSNorm (pre-norm, no bias), as in InternLM and Llama."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from internlm.registry import register
+
+
+@dataclass
+class NormConfig:
+    eps: float = 1e-6  # added to the mean square before the rsqrt; exports write it as rms_norm_eps
+
+
+@register("model/norm", "rmsnorm", NormConfig)
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm with a learned scale."""
+
+    def __init__(self, config: NormConfig, dim: int):
+        super().__init__()
+        self.eps = config.eps
+        self.weight = nn.Parameter(torch.empty(dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # F.rms_norm computes in the input dtype; upcast so bf16 runs match the fp32 reference.
+        compute = torch.promote_types(x.dtype, torch.float32)
+        return F.rms_norm(x.to(compute), self.weight.shape, self.weight.to(compute), self.eps).to(x.dtype)

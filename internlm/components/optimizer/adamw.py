@@ -1,0 +1,43 @@
+"""AdamW, InternLM's optimizer: decoupled weight decay on matrices, none on biases and norms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from internlm.registry import register
+
+
+@dataclass
+class AdamWConfig:
+    lr: float = 1e-4  # peak learning rate (the scheduler scales it)
+    betas: tuple[float, float] = (0.9, 0.95)  # Adam's moment decay rates
+    eps: float = 1e-8  # added to the second-moment root
+    weight_decay: float = 0.01  # decoupled decay, applied to weight matrices and embeddings only
+    fused: bool | None = None  # fused CUDA kernel; null = on when the parameters are on a GPU
+
+
+@register("optimizer", "adamw", AdamWConfig)
+class AdamW:
+    """torch.optim.AdamW with no decay on 1-D parameters (biases, norm scales)."""
+
+    def __init__(self, config: AdamWConfig):
+        self.config = config
+
+    def build(self, model: nn.Module) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for param in model.parameters():
+            if param.requires_grad:
+                (decay if param.ndim >= 2 else no_decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": self.config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = self.config.fused
+        if fused is None:
+            fused = all(p.is_cuda for p in decay + no_decay)
+        return torch.optim.AdamW(
+            groups, lr=self.config.lr, betas=tuple(self.config.betas), eps=self.config.eps, fused=fused or None
+        )

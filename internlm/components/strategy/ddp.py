@@ -1,0 +1,32 @@
+"""Plain data parallelism: full replicas, gradients all-reduced (PyTorch DDP through Fabric)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from internlm.components.strategy.base import ParallelLayout
+from internlm.registry import register
+
+
+@dataclass
+class DDPConfig:
+    bucket_cap_mb: int = 25  # gradient all-reduce bucket size; larger buckets, fewer launches
+
+
+@register("strategy", "ddp", DDPConfig)
+class DDP:
+    """Every rank holds the whole model and optimizer; only the data differs."""
+
+    def __init__(self, config: DDPConfig):
+        self.config = config
+
+    def layout(self, world_size: int) -> ParallelLayout:
+        return ParallelLayout(replicate=world_size)
+
+    def fabric_strategy(self, layout: ParallelLayout):
+        from lightning.fabric.strategies import DDPStrategy
+
+        return DDPStrategy(bucket_cap_mb=self.config.bucket_cap_mb)
+
+    def parallelize(self, model, mesh, plan):
+        return model

@@ -1,0 +1,56 @@
+"""The root schema: what `conf/config.yaml` composes, typed.
+
+Each component group (model, tokenizer, data, optimizer, scheduler, loss, strategy, task) holds
+one registered component's config; Hydra checks every value against that component's dataclass
+while composing. `trainer` is the one fixed schema: how the program runs, whatever the task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 200  # optimizer steps
+    accelerator: str = "auto"  # auto | cpu | cuda (auto = cuda when available)
+    devices: int = 1  # processes (devices) per node
+    num_nodes: int = 1  # nodes; world size = devices x num_nodes
+    precision: str = "auto"  # auto (32-true on CPU, bf16-mixed on GPU) | 32-true | bf16-mixed | bf16-true
+    seed: int = 42  # seeds init, data order and sampling
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    log_every: int = 10  # steps between metric rows (CSV, TensorBoard, console)
+    val_every: int = 100  # steps between validation passes; 0 = never
+    val_batches: int = 8  # micro batches per validation pass
+    checkpoint_every: int = 100  # steps between checkpoints; 0 = only at the end
+    keep_checkpoints: int = 3  # newest checkpoints kept in the run folder
+    resume: str | None = None  # null | auto (newest complete checkpoint in the run folder) | a checkpoint path
+    activation_checkpointing: str = "none"  # none | full | selective
+    activation_checkpointing_every: int = 1  # selective: recompute every k-th block
+    compile: bool | None = None  # torch.compile each block; null = on for GPUs, off on CPU
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])  # csv | tensorboard
+    progress_bar: bool | None = None  # null = when the console is a terminal
+    peak_tflops: float | None = None  # device peak for MFU; null = looked up from the device name
+    sample_prompt: str = "To be, or not to be"  # generated from at the end of training ("" = none)
+    sample_tokens: int = 48  # tokens of that sample
+
+
+@dataclass
+class RootConfig:
+    task: Any = None
+    model: Any = None
+    tokenizer: Any = None
+    data: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    loss: Any = None
+    strategy: Any = None
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: str | None = None  # a checkpoint or run folder to read (generate, export_hf)
+
+
+def store_root_schema() -> None:
+    ConfigStore.instance().store(name="root_schema", node=RootConfig)

@@ -1,0 +1,39 @@
+"""A per-device memory estimate, printed by `task=plan` before anything is allocated.
+
+Rules of thumb, not a promise: weights, gradients and AdamW states scale with the parameters
+each device holds (sharded over the ZeRO group and the tensor-parallel ranks); activations
+follow Korthikanti et al. 2022 (~34 bytes x seq x batch x hidden per layer in 16-bit with a fused
+attention kernel), and a full recompute keeps only each block's input.
+"""
+
+from __future__ import annotations
+
+from internlm.components.strategy.base import ParallelLayout
+
+GIB = 1024**3
+
+
+def estimate_per_device(
+    model_cfg, parameters: int, layout: ParallelLayout, micro_batch: int, seq_len: int, precision: str, checkpointing: str
+) -> dict[str, float]:
+    held = parameters / (layout.shard * layout.tensor)
+    weight_bytes = 2 if precision == "bf16-true" else 4  # mixed precision keeps fp32 master weights
+    tokens = micro_batch * seq_len
+    act_bytes = 4 if precision == "32-true" else 2
+    per_layer = 17 * act_bytes * tokens * model_cfg.hidden_size / layout.tensor
+    if checkpointing == "full":
+        activations = model_cfg.num_layers * act_bytes * tokens * model_cfg.hidden_size + per_layer
+    elif checkpointing == "selective":
+        activations = model_cfg.num_layers * per_layer * 0.5
+    else:
+        activations = model_cfg.num_layers * per_layer
+    logits = 4 * tokens * model_cfg.vocab_size / layout.tensor  # fp32 logits of the plain loss
+    parts = {
+        "weights": held * weight_bytes,
+        "gradients": held * weight_bytes,
+        "optimizer_states": held * 8,
+        "activations": activations,
+        "logits": logits,
+    }
+    parts["total"] = sum(parts.values())
+    return {name: round(value / GIB, 3) for name, value in parts.items()}

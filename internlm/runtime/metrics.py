@@ -1,0 +1,42 @@
+"""Per-step training metrics: throughput, MFU and peak memory."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import torch
+
+from internlm.runtime.flops import peak_flops
+
+
+class StepTimer:
+    """Wall time of each optimizer step, synchronising the device so the time is real."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.start = time.perf_counter()
+
+    def lap(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        elapsed, self.start = now - self.start, now
+        return elapsed
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1024**3
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux reports KiB
+
+
+def throughput(tokens_per_step: int, seconds: float, world_size: int, flops_per_token: float, device, override_tflops):
+    tokens_per_s = tokens_per_step / seconds
+    per_device = tokens_per_s / world_size
+    out = {"tokens_per_s": tokens_per_s, "tokens_per_device_per_s": per_device}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = peak_flops(name, override_tflops)
+    if peak:
+        out["mfu"] = per_device * flops_per_token / peak
+    return out

@@ -1,0 +1,1 @@
+"""The programs `python -m internlm task=<name>` runs; each is a registered component."""

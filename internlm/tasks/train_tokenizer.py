@@ -1,0 +1,44 @@
+"""Train a sentencepiece tokenizer with InternLM's settings from text or JSONL files."""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from internlm.errors import ConfigError
+from internlm.paths import CORPUS_DIR
+from internlm.registry import register
+from internlm.tasks.base import RunContext
+
+
+@dataclass
+class TrainTokenizerConfig:
+    input: list[str] = field(default_factory=lambda: [str(CORPUS_DIR / "*.jsonl")])  # globs of .txt / .jsonl files
+    output: str = "tokenizer.model"  # where the model goes; relative paths land in the run folder
+    vocab_size: int = 4096  # pieces, including the byte fallbacks and the chat markers
+
+
+@register("task", "train_tokenizer", TrainTokenizerConfig)
+class TrainTokenizer:
+    """`python -m internlm task=train_tokenizer task.input='[data/*.jsonl]' task.vocab_size=32000`."""
+
+    def __init__(self, config: TrainTokenizerConfig):
+        self.config = config
+
+    def files(self) -> list[Path]:
+        found = sorted({Path(p) for pattern in self.config.input for p in glob.glob(str(Path(pattern).expanduser()))})
+        if not found:
+            raise ConfigError(
+                f"no files match {list(self.config.input)}", where="task.input", fix="give globs of existing .txt/.jsonl files"
+            )
+        return found
+
+    def run(self, ctx: RunContext) -> Path:
+        from internlm.components.tokenizer.train import train_sentencepiece
+
+        output = Path(self.config.output)
+        output = output if output.is_absolute() else ctx.run_dir / output
+        train_sentencepiece(self.files(), output, self.config.vocab_size)
+        print(f"tokenizer written to {output} (use it with tokenizer.path={output})")
+        return output

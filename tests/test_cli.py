@@ -1,0 +1,55 @@
+"""`python -m internlm` as a user types it: from any directory, no chdir, clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def internlm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "internlm", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_plan_of_the_7b_prints_its_exact_parameter_count_from_any_directory(tmp_path):
+    result = internlm("task=plan", "model=internlm_7b", "data.seq_len=2048", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "7,321,948,160" in result.stdout
+    plan = yaml.safe_load((tmp_path / "run" / "plan.yaml").read_text())
+    assert plan["plan"]["parameters"] == 7_321_948_160
+    assert plan["config"]["model"]["hidden_size"] == 4096
+
+
+def test_a_typo_fails_fast_with_a_suggestion_and_writes_nothing(tmp_path):
+    result = internlm("optimizer.lrr=0.1", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "lrr" in result.stderr and "did you mean 'lr'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    result = internlm("--cfg", "job", "model=internlm_7b", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["model"]["num_layers"] == 32
+
+
+def test_multirun_sweeps_locally(tmp_path):
+    result = internlm(
+        "-m", "task=plan", "model=tiny,internlm_7b", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    params = sorted(yaml.safe_load((p / "plan.yaml").read_text())["plan"]["parameters"] for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert params[1] == 7_321_948_160 and params[0] < 10_000_000
+
+
+def test_missing_tokenizer_file_is_one_clear_message(tmp_path):
+    result = internlm("task=plan", "tokenizer.path=/nonexistent/tok.model", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "/nonexistent/tok.model" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,79 @@
+"""Compile: typed validation with clear messages, derived values, cross-field invariants."""
+
+from __future__ import annotations
+
+import pytest
+
+from internlm.api import compose
+from internlm.compile import compile_plan, to_typed
+from internlm.errors import ConfigError
+
+
+def plan_for(*overrides: str, tokenizer_vocab=None):
+    return compile_plan(to_typed(compose(list(overrides))), tokenizer_vocab)
+
+
+def test_internlm_7b_has_exactly_the_published_parameter_count():
+    plan = plan_for("model=internlm_7b", "data.seq_len=2048")
+    assert plan.parameters == 7_321_948_160
+
+
+def test_flops_per_token_matches_hand_count_for_7b():
+    plan = plan_for("model=internlm_7b", "data.seq_len=4096")
+    h, layers, ffn, vocab, seq = 4096, 32, 11008, 103168, 4096
+    matmul_params = layers * (4 * h * h + 3 * h * ffn) + vocab * h
+    expected = 6 * matmul_params + 12 * layers * h * seq / 2  # causal attention
+    assert plan.flops_per_token == pytest.approx(expected)
+    assert 45e9 < plan.flops_per_token < 48e9  # ~47 GFLOP/token, as DESIGN.md section 4 says
+
+
+def test_typo_in_a_key_names_it_and_suggests_the_right_one():
+    with pytest.raises(ConfigError) as info:
+        compose(["optimizer.lrr=0.1"])
+    message = info.value.render()
+    assert "lrr" in message and "did you mean 'lr'" in message
+
+
+def test_wrong_type_is_reported_with_the_key():
+    with pytest.raises(ConfigError) as info:
+        compose(["trainer.max_steps=many"])
+    assert "max_steps" in info.value.render()
+
+
+def test_unknown_config_file_lists_the_choices():
+    with pytest.raises(ConfigError) as info:
+        compose(["model=internlm_8b"])
+    assert "internlm_7b" in info.value.render()
+
+
+def test_global_batch_is_split_into_micro_batches_and_accumulation():
+    plan = plan_for("data.global_batch_size=16", "data.micro_batch_size=4")
+    assert (plan.micro_batch_size, plan.grad_accumulation) == (4, 4)
+    assert plan.tokens_per_step == 16 * plan.seq_len
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["model.attention.num_heads=5"], "num_heads"),
+        (["model.attention.num_kv_heads=3"], "num_kv_heads"),
+        (["data.seq_len=4096"], "max_position"),
+        (["data.global_batch_size=6", "data.micro_batch_size=4"], "micro_batch_size"),
+        (["strategy=single", "trainer.devices=2"], "strategy"),
+    ],
+)
+def test_invalid_combinations_fail_before_anything_is_built(overrides, key):
+    with pytest.raises(ConfigError) as info:
+        plan_for(*overrides)
+    assert key in info.value.render()
+
+
+def test_tokenizer_larger_than_model_vocab_is_refused():
+    with pytest.raises(ConfigError) as info:
+        plan_for("model.vocab_size=1000", tokenizer_vocab=4096)
+    assert "vocab_size" in info.value.render() and "4096" in info.value.render()
+
+
+def test_warmup_is_resolved_from_the_fraction():
+    plan = plan_for("trainer.max_steps=1000", "scheduler.warmup_fraction=0.05")
+    assert plan.warmup_steps == 50
