@@ -16,7 +16,7 @@ def make_loggers(names: list[str], run_dir: Path) -> list:
     from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 
     makers = {
-        "csv": lambda: CSVLogger(root_dir=str(run_dir), name="metrics", version=""),
+        "csv": lambda: CSVLogger(root_dir=str(run_dir), name="metrics", version="", flush_logs_every_n_steps=10),
         "tensorboard": lambda: TensorBoardLogger(root_dir=str(run_dir), name="tensorboard", version=""),
     }
     unknown = [n for n in names if n not in makers]

@@ -41,6 +41,8 @@ class Workbench:
         torch.manual_seed(self.config.trainer.seed)  # identical init on every rank
         with fabric.init_module(empty_init=False):
             model = registry.build(self.config.model)
+        loss = self.loss  # computed inside forward, where sharded weights are gathered
+        model.loss_fn = lambda hidden, weight, labels: loss(hidden, weight, labels)[0]
         if self.config.model.init_from:
             from internlm.runtime.weights import load_initial_weights
 

@@ -49,6 +49,11 @@ class Pretrain:
         start_step = self.resume(ctx, state)
         val_rows = self.validation_rows(ctx, dp_rank)
 
+        if fabric.is_global_zero:
+            log.info(
+                "training %s parameters on %d %s device(s), %s tokens/step, run folder %s",
+                f"{plan.parameters:,}", plan.world_size, plan.accelerator, f"{plan.tokens_per_step:,}", ctx.run_dir,
+            )
         console = Console(fabric, trainer, start_step)
         timer = StepTimer(fabric.device)
         history: list[float] = []
@@ -71,6 +76,8 @@ class Pretrain:
                 checkpoint.save(fabric, ctx.run_dir, done, state, ctx.raw, ctx.components, trainer.keep_checkpoints)
                 timer.lap()
         console.close()
+        for logger in fabric.loggers:
+            logger.finalize("success")
         if hasattr(bench.data, "sampled_proportions"):
             log.info("data mixture, proportions sampled: %s", bench.data.sampled_proportions())
         sample = self.sample(ctx, model)
