@@ -55,6 +55,9 @@ def check_overrides(argv: list[str]) -> None:
     except Exception as exc:  # malformed override syntax
         raise ConfigError(f"cannot parse the overrides: {exc}", fix="write overrides as key=value") from None
     group_choices = [o.input_line for o in parsed if _is_group(o)]
+    for o in parsed:
+        if _is_group(o) and not o.is_delete():
+            check_choice(o.key_or_group, o.value())
     try:
         base = compose([o for o in group_choices if "," not in o])
     except Exception as exc:
@@ -69,6 +72,21 @@ def check_overrides(argv: list[str]) -> None:
             compose(overrides)
         except Exception as exc:
             raise ConfigError(_first_line(exc), where="overrides", fix="give the value the type the field declares") from None
+
+
+def check_choice(group: str, value) -> None:
+    """`model=internlm_8b`: the file must exist in conf/<group>/ (each value of a sweep too)."""
+    choices = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+    values = value if isinstance(value, list) else [value]
+    if hasattr(value, "list"):  # a sweep: model=a,b
+        values = list(value.list)
+    for item in values:
+        if str(item) not in choices:
+            raise ConfigError(
+                f"no config '{item}' in group '{group}'",
+                where=f"{group}={item}",
+                fix=f"choose one of: {', '.join(choices)}{suggest(str(item), choices)}",
+            )
 
 
 def _is_group(override) -> bool:
