@@ -12,6 +12,9 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from internlm.tasks.export_hf import ExportConfig
+from internlm.tasks.prepare_data import PrepareConfig
+
 
 @dataclass
 class TrainerConfig:
@@ -50,6 +53,8 @@ class RootConfig:
     strategy: Any = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: str | None = None  # a checkpoint or run folder to read (generate, export_hf)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)  # task=prepare_data: raw text -> token store
+    export: ExportConfig = field(default_factory=ExportConfig)  # task=export_hf: checkpoint -> Hugging Face folder
 
 
 def store_root_schema() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from internlm.components.data.documents import check_on_error, resolve_files
 from internlm.components.data.store_writer import Settings, write_store
 from internlm.errors import ConfigError
+from internlm.registry import register
 
 log = logging.getLogger("internlm")
 
@@ -28,7 +29,7 @@ class PrepareConfig:
     max_chars: int = 10_000_000  # longer documents are bad input; 0 = no limit
     add_bos: bool = True  # start every document with BOS
     workers: int = 0  # worker processes; 0 = one per core
-    shard_mb: float = 32.0  # input megabytes per shard (the unit of parallel work and of resuming)
+    shard_mb: float = 16.0  # input megabytes per shard (the unit of parallel work and of resuming)
     overwrite: bool = False  # replace a store in `output` that was made from other inputs or settings
     progress: bool = True  # show a progress bar with tokens/s
 
@@ -52,14 +53,41 @@ def prepare_data(config: PrepareConfig, tokenizer) -> dict:
         shard_bytes=max(1, int(config.shard_mb * (1 << 20))),
     )
     summary = write_store(
-        files, Path(config.output).expanduser(), tokenizer, settings,
-        workers=config.workers, overwrite=config.overwrite, progress=config.progress,
+        files,
+        Path(config.output).expanduser(),
+        tokenizer,
+        settings,
+        workers=config.workers,
+        overwrite=config.overwrite,
+        progress=config.progress,
     )
     log.info(
         "token store %s: %d documents, %d tokens in %d shards (%d reused), %s tokens/s",
-        summary["output"], summary["documents"], summary["tokens"], summary["shards"],
-        summary["shards_reused"], summary["tokens_per_second"],
+        summary["output"],
+        summary["documents"],
+        summary["tokens"],
+        summary["shards"],
+        summary["shards_reused"],
+        summary["tokens_per_second"],
     )
     if summary["skipped"]:
-        log.warning("skipped bad documents: %s (e.g. %s)", summary["skipped"], "; ".join(summary["skipped_examples"][:3]))
+        log.warning(
+            "skipped bad documents: %s (e.g. %s)", summary["skipped"], "; ".join(summary["skipped_examples"][:3])
+        )
     return summary
+
+
+@dataclass
+class PrepareDataConfig:
+    pass
+
+
+@register("task", "prepare_data", PrepareDataConfig)
+class PrepareData:
+    """Tokenize raw files into a sharded token store (options under `prepare.*`)."""
+
+    def __init__(self, config: PrepareDataConfig):
+        self.config = config
+
+    def run(self, ctx) -> dict:
+        return prepare_data(ctx.config.prepare, ctx.bench.tokenizer)

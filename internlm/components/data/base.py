@@ -7,7 +7,10 @@ Sampling is defined on a *global* sample stream, never per rank: optimizer step 
 global samples ``[s * G, (s + 1) * G)`` of a seeded permutation (G = global_batch_size), and
 data-parallel rank ``r`` of ``d`` takes every d-th of them. A loader's state is therefore just how
 many global samples were consumed, so a run resumes at the exact next sample, also with another
-number of data-parallel ranks.
+number of data-parallel ranks. `sampler.py` implements the rule (`GlobalLoader`) for every component.
+
+Loaders made there also offer ``metrics() -> dict[str, float]`` (``data/epoch``, and for
+mixtures ``data/mix/<source>``: the shares actually sampled), worth logging with the step metrics.
 """
 
 from __future__ import annotations

@@ -1,0 +1,96 @@
+"""Training on a token store made by `task=prepare_data` (memory-mapped, any size).
+
+Each shard is its own token stream cut into rows (`packing.py`); a row never spans two shards,
+which leaves out less than one row per shard. The store is refused before training when it was
+tokenized by another tokenizer than the configured one, or is unfinished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from internlm.components.data import store_format as fmt
+from internlm.components.data.base import DataConfig
+from internlm.components.data.packing import ConcatRows, StreamRows
+from internlm.components.data.sampler import RowSetSource
+from internlm.errors import ConfigError
+from internlm.registry import register
+
+
+@dataclass
+class StoreDataConfig(DataConfig):
+    path: str = ""  # a token store folder written by task=prepare_data
+    val_path: str = ""  # a second store held out for validation (instead of val_fraction)
+    verify_checksums: bool = False  # sha256 every shard at start-up (reads the whole store once)
+
+
+@register("data", "store", StoreDataConfig)
+class StoreData(RowSetSource):
+    """A prepared token store (task=prepare_data), memory-mapped and packed into rows of seq_len."""
+
+    def __init__(self, config: StoreDataConfig, tokenizer):
+        self.config = config
+        if not config.path:
+            raise ConfigError(
+                "no token store given", where="data.path", fix="set data.path=<folder made by task=prepare_data>"
+            )
+        if config.val_path and config.val_fraction:
+            raise ConfigError(
+                "both val_path and val_fraction are set", where="data.val_path", fix="use one way to hold out data"
+            )
+        rows = open_store(Path(config.path), tokenizer, config.seq_len, "data.path", config.verify_checksums)
+        held_out = None
+        if config.val_path:
+            held_out = open_store(
+                Path(config.val_path), tokenizer, config.seq_len, "data.val_path", config.verify_checksums
+            )
+        self.use_rows(rows, held_out, config.val_fraction)
+
+
+def open_store(store: Path, tokenizer, seq_len: int, where: str, verify: bool = False) -> ConcatRows:
+    """The rows of a finished store, after checking it was made with this tokenizer."""
+    store = store.expanduser()
+    manifest = fmt.read_manifest(store, where)
+    if not manifest.get("complete"):
+        raise ConfigError(
+            f"token store {store} is unfinished (prepare_data was interrupted)",
+            where=where,
+            fix="run the same prepare_data command again: it resumes where it stopped",
+        )
+    check_tokenizer(manifest["tokenizer"], tokenizer, store, where)
+    parts = []
+    for index in range(len(manifest["plan"])):
+        entry = manifest["shards"][str(index)]
+        if not fmt.shard_is_intact(store, entry, checksum=verify):
+            raise ConfigError(
+                f"shard {index} of {store} is missing or damaged",
+                where=where,
+                fix="prepare the store again (prepare.overwrite=true)",
+            )
+        if entry["tokens"] <= seq_len:
+            continue  # too short for one row
+        tokens = np.load(store / entry["files"]["tokens"]["name"], mmap_mode="r")
+        starts = np.load(store / entry["files"]["docs"]["name"], mmap_mode="r")
+        parts.append(StreamRows(tokens, starts, seq_len))
+    if not parts:
+        raise ConfigError(
+            f"token store {store} has no shard of more than seq_len + 1 = {seq_len + 1} tokens",
+            where=where,
+            fix="lower data.seq_len or prepare more text",
+        )
+    return ConcatRows(parts)
+
+
+def check_tokenizer(recorded: dict, tokenizer, store: Path, where: str) -> None:
+    if recorded["identity"] == tokenizer.identity:
+        return
+    raise ConfigError(
+        f"token store {store} was made with another tokenizer (vocab {recorded['vocab_size']}, "
+        f"sha256 {recorded['identity'][:12]}...) than the configured one (vocab {tokenizer.vocab_size}, "
+        f"sha256 {tokenizer.identity[:12]}...)",
+        where=where,
+        fix="set tokenizer.path to the model the store was prepared with, or prepare the store again",
+    )
