@@ -30,29 +30,37 @@ def typed_section(group: str, name: str, values: dict) -> Any:
         raise ConfigError(f"checkpoint config section '{group}' does not fit {name}: {exc}") from None
 
 
-def load_model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """The model's full (unsharded) state dict from a checkpoint, on the CPU."""
+def model_tensors(checkpoint: Path):
+    """A source of (name, full tensor) for the model of a checkpoint, one tensor at a time for
+    sharded checkpoints (no process group, no gathering on a GPU)."""
     state_path = checkpoint / "state"
     if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        return state["model"]
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save  # sharded checkpoint
-    import tempfile
+        return torch.load(state_path, map_location="cpu", weights_only=True, mmap=True)["model"]
+    from internlm.interop.dcp_source import dcp_model_tensors
 
-    with tempfile.TemporaryDirectory() as tmp:
-        dcp_to_torch_save(state_path, Path(tmp) / "full.pt")
-        state = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=True)
-    return state["model"]
+    return dcp_model_tensors(state_path)
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
-    """(model in eval mode, tokenizer) from a checkpoint folder or the newest one of a run folder."""
-    checkpoint = ckpt.find_checkpoint(str(path), Path(path))
+def load_model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The model's full (unsharded) state dict from a checkpoint, on the CPU."""
+    source = model_tensors(checkpoint)
+    return source if isinstance(source, dict) else dict(source())
+
+
+def checkpoint_model_config(checkpoint: Path) -> tuple[Any, Any]:
+    """(typed model config, tokenizer) as the checkpoint was trained with."""
     names = ckpt.read_meta(checkpoint)["components"]
     saved = ckpt.read_config(checkpoint)
     model_cfg = typed_section("model", names["model"], saved["model"])
     model_cfg.init_from = None  # the checkpoint holds the weights
     tokenizer = registry.build(typed_section("tokenizer", names["tokenizer"], saved["tokenizer"]))
+    return model_cfg, tokenizer
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
+    """(model in eval mode, tokenizer) from a checkpoint folder or the newest one of a run folder."""
+    checkpoint = ckpt.find_checkpoint(str(path), Path(path))
+    model_cfg, tokenizer = checkpoint_model_config(checkpoint)
     with torch.device("meta"):
         model = registry.build(model_cfg)
     model = model.to_empty(device=device)
