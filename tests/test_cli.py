@@ -53,3 +53,15 @@ def test_missing_tokenizer_file_is_one_clear_message(tmp_path):
     result = internlm("task=plan", "tokenizer.path=/nonexistent/tok.model", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 2
     assert "/nonexistent/tok.model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_data_paths_end_in_one_message_before_training(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    for path, expected in [(tmp_path / "missing.jsonl", "missing.jsonl"), (empty, "empty.jsonl")]:
+        result = internlm(
+            "data=text", f"data.paths=[{path}]", "data.seq_len=64", "trainer.max_steps=2", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path
+        )
+        assert result.returncode == 2, result.stderr
+        assert expected in result.stderr and "Traceback" not in result.stderr
+        assert "step 1" not in result.stdout + result.stderr

@@ -55,3 +55,12 @@ def test_load_returns_the_trained_model_and_its_tokenizer(tmp_path, fast_overrid
     logits = model(torch.tensor([ids]))
     assert logits.shape == (1, len(ids), 4096)
     assert torch.isfinite(logits).all()
+
+
+def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(tmp_path, fast_overrides):
+    run(fast_overrides + ["trainer.max_steps=2"], tmp_path)
+    before = (tmp_path / "checkpoints" / "step-00000002" / "meta.json").read_bytes()
+    with pytest.raises(ConfigError) as info:
+        run(fast_overrides + ["trainer.max_steps=2"], tmp_path)  # forgot trainer.resume=auto
+    assert "resume" in info.value.render()
+    assert (tmp_path / "checkpoints" / "step-00000002" / "meta.json").read_bytes() == before

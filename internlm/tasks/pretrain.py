@@ -15,6 +15,7 @@ import torch
 from torchmetrics.aggregation import MeanMetric
 
 from internlm.components.data.batch import Batch
+from internlm.errors import ConfigError
 from internlm.registry import register
 from internlm.runtime import checkpoint
 from internlm.runtime.console import Console
@@ -40,14 +41,15 @@ class Pretrain:
     def run(self, ctx: RunContext) -> dict:
         trainer, plan, bench = ctx.config.trainer, ctx.plan, ctx.bench
         fabric = bench.fabric
-        model, optimizer, scheduler = bench.model, bench.optimizer, bench.scheduler
         dp_rank = fabric.global_rank // plan.layout.tensor  # tensor-parallel peers read the same rows
+        # Data first: a missing or corrupt file is reported before the model takes any memory.
         loader = bench.data.train_loader(
             micro_batch_size=plan.micro_batch_size, dp_rank=dp_rank, dp_size=plan.layout.dp_size, seed=trainer.seed
         )
+        val_rows = self.validation_rows(ctx, dp_rank)
+        model, optimizer, scheduler = bench.model, bench.optimizer, bench.scheduler
         state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "loader": loader, "step": 0}
         start_step = self.resume(ctx, state)
-        val_rows = self.validation_rows(ctx, dp_rank)
 
         if fabric.is_global_zero:
             log.info(
@@ -127,6 +129,12 @@ class Pretrain:
     def resume(self, ctx: RunContext, state: dict) -> int:
         spec = ctx.config.trainer.resume
         if not spec:
+            if checkpoint.complete_checkpoints(ctx.run_dir):  # never train over a previous run's checkpoints
+                raise ConfigError(
+                    f"the run folder {ctx.run_dir} already holds checkpoints of an earlier run",
+                    where="hydra.run.dir",
+                    fix="continue it with trainer.resume=auto, or start a new run in another hydra.run.dir",
+                )
             return 0
         found = checkpoint.find_checkpoint(spec, ctx.run_dir)
         if found is None:
