@@ -39,6 +39,7 @@ class Plan:
     flops_per_token: float
     accelerator: str
     precision: str
+    attention_backend: str  # what model.attention.backend=auto resolved to on this machine
     memory_per_device_gib: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -146,6 +147,9 @@ def compile_plan(cfg: RootConfig, tokenizer_vocab: int | None = None) -> Plan:
             where="data.seq_len",
             fix=f"shorten data.seq_len or raise model.attention.rotary.max_position to {seq_len}",
         )
+    from internlm.components.model import attention_backends
+
+    backend = attention_backends.resolve(cfg.model.attention.backend, torch.device(accelerator)).name
     micro, accumulation = derive_batches(cfg.data, layout.dp_size)
     parameters = count_parameters(cfg.model)
     per_token = flops.flops_per_token(cfg.model, seq_len)
@@ -168,6 +172,7 @@ def compile_plan(cfg: RootConfig, tokenizer_vocab: int | None = None) -> Plan:
         flops_per_token=per_token,
         accelerator=accelerator,
         precision=precision,
+        attention_backend=backend,
         memory_per_device_gib=estimate,
     )
 

@@ -31,7 +31,7 @@ class TrainerConfig:
     checkpoint_every: int = 100  # steps between checkpoints; 0 = only at the end
     keep_checkpoints: int = 3  # newest checkpoints kept in the run folder
     resume: str | None = None  # null | auto (newest complete checkpoint in the run folder) | a checkpoint path
-    activation_checkpointing: str = "none"  # none | full | selective
+    activation_checkpointing: str = "none"  # none | full | selective (every k-th block) | op (keep matmul outputs)
     activation_checkpointing_every: int = 1  # selective: recompute every k-th block
     compile: bool | None = None  # torch.compile each block; null = on for GPUs, off on CPU
     loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])  # csv | tensorboard

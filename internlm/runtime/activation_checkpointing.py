@@ -9,7 +9,9 @@ Policies (`trainer.activation_checkpointing`):
   keep their activations. k = 1 is `full`, k = 2 recomputes half the blocks.
 * op: in every block, keep the outputs of the matmuls and of the attention kernel and recompute
   the cheap element-wise ops between them (norms, rotary, SiLU, products), through
-  torch.utils.checkpoint's selective policy.
+  torch.utils.checkpoint's selective policy. Measured on one H200 under torch.compile it cost
+  far more than the element-wise recomputation should (bench/NOTES.md): prefer none or
+  selective until that is understood.
 
 The wrapping keeps module names (no `_checkpoint_wrapped_module` in parameter names, so
 checkpoints and sharding plans are unchanged): each chosen block's forward is replaced on the

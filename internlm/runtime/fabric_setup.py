@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -10,6 +11,8 @@ from internlm import registry
 from internlm.compile import Plan
 from internlm.config import RootConfig
 from internlm.errors import ConfigError
+
+log = logging.getLogger("internlm")
 
 
 def make_loggers(names: list[str], run_dir: Path) -> list:
@@ -29,12 +32,16 @@ def make_fabric(config: RootConfig, plan: Plan, run_dir: Path):
     import lightning as L
 
     strategy = registry.build(config.strategy)
+    if hasattr(strategy, "fabric_precision"):  # sharding strategies cast parameters themselves (FSDP2 mixed precision)
+        precision, fabric_strategy = strategy.fabric_precision(plan.precision), strategy.fabric_strategy(plan.layout, plan.precision)
+    else:
+        precision, fabric_strategy = plan.precision, strategy.fabric_strategy(plan.layout)
     fabric = L.Fabric(
         accelerator=plan.accelerator,
         devices=config.trainer.devices,
         num_nodes=config.trainer.num_nodes,
-        precision=plan.precision,
-        strategy=strategy.fabric_strategy(plan.layout),
+        precision=precision,
+        strategy=fabric_strategy,
         loggers=make_loggers(list(config.trainer.loggers), run_dir),
     )
     fabric.launch()
@@ -47,7 +54,12 @@ def use_compile(config: RootConfig, plan: Plan) -> bool:
 
 
 def apply_speedups(model: torch.nn.Module, config: RootConfig, plan: Plan) -> None:
-    """Activation checkpointing, then torch.compile, per transformer block (before sharding)."""
+    """Fused kernels, activation checkpointing, then torch.compile, per transformer block (before sharding)."""
+    from internlm.components.model.fused_ops import apply_kernels, resolve_kernels
+
+    kernels = resolve_kernels(config.model.kernels, torch.device(plan.accelerator))
+    apply_kernels(model, kernels)
+    log.info("attention kernel %s; kernels %s; compile %s", plan.attention_backend, kernels.names, use_compile(config, plan))
     if config.trainer.activation_checkpointing != "none":
         from internlm.runtime.activation_checkpointing import apply_activation_checkpointing
 

@@ -19,6 +19,7 @@ def describe(plan) -> str:
         ("parameters", f"{plan.parameters:,}"),
         ("FLOPs per token (train)", f"{plan.flops_per_token / 1e9:,.2f} GFLOP"),
         ("devices", f"{plan.world_size} ({plan.accelerator}, {plan.precision})"),
+        ("attention kernel", plan.attention_backend),
         ("layout", f"replicate {layout.replicate} x shard {layout.shard} x tensor {layout.tensor} (data-parallel {layout.dp_size})"),
         ("global batch", f"{plan.global_batch_size} rows x {plan.seq_len} tokens = {plan.tokens_per_step:,} tokens/step"),
         ("per device", f"micro batch {plan.micro_batch_size} x {plan.grad_accumulation} accumulation steps"),

@@ -45,7 +45,8 @@ class SelfAttention(nn.Module):
         k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
         cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        fused_rotary = getattr(self, "rotary_fn", None)  # installed by fused_ops.apply_kernels
+        q, k = fused_rotary(q, k, cos, sin) if fused_rotary else (apply_rotary(q, cos, sin), apply_rotary(k, cos, sin))
         kernel = attention_backends.resolve(self.backend_name, x.device).fn
         out = kernel(q, k, v, layout, self.scale)
         return self.o_proj(out.reshape(batch, seq, self.num_heads * self.head_dim))

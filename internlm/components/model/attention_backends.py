@@ -6,13 +6,29 @@ fast paths that must match it. `auto` picks the fastest backend available on the
 
 A backend is a function ``(q, k, v, layout, scale) -> out`` with q [B, S, Hq, D] and k, v
 [B, S, Hkv, D] (grouped-query attention: Hq is a multiple of Hkv), returning [B, S, Hq, D].
+
+Backends that need per-batch metadata (a block mask, cu_seqlens) build it in ``prepare(layout)``
+and keep it in ``layout.cache``, so every layer shares one copy. `prepare` runs eagerly: the
+backend calls it itself when the cache is empty, and `internlm.runtime.torch_compile` calls it
+before each compiled block, so compiled graphs only read the cache (no recompiles per batch).
+
+| backend     | honours documents | runs on | kernel |
+|-------------|-------------------|---------|--------|
+| eager       | yes | any  | fp32 matmul + masked softmax (reference) |
+| sdpa        | yes | any  | SDPA with a dense [B, 1, S, S] mask (memory-efficient kernel) |
+| flex        | yes | CUDA (forward also on CPU, for tests) | compiled FlexAttention, block-causal document mask |
+| varlen      | yes | CUDA | torch.nn.attention.varlen (flash varlen inside torch) |
+| flash_attn  | yes | CUDA | flash_attn_varlen_func, when the flash-attn package imports |
+| sdpa_causal | NO  | any  | SDPA is_causal (cuDNN first): attends across documents; for benchmarks only |
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,28 +45,68 @@ class Backend:
     fn: AttentionFn
     available: Callable[[torch.device], str | None]  # None if usable, else the reason it is not
     summary: str
+    honours_documents: bool = True  # False: attends across document boundaries; never picked by auto
+    prepare: Callable[[DocumentLayout], None] | None = None  # fills layout.cache once per forward
 
 
 BACKENDS: dict[str, Backend] = {}
 
-# Fastest first: `auto` takes the first one available. The order on CUDA is the measured one
-# (bench/RESULTS.md, kernel table); on CPU only the dense-mask paths run.
-AUTO_ORDER: list[str] = []
+# Fastest first: `auto` takes the first one available. Measured on one H200, torch 2.11
+# (bench/RESULTS.md, kernel table; batch 2 x 4096, 32 x 128 heads, bf16, forward + backward):
+# packed documents flex 1.84 ms, varlen 2.10, sdpa 6.49; one document per row flex 3.23,
+# varlen 3.73. flash_attn could not be measured (no package): its varlen kernel is the same
+# FlashAttention-2 family as torch's varlen, so it sits after it. Only backends that honour
+# document boundaries may appear here. On CPU `auto` is `eager`.
+AUTO_ORDER: list[str] = ["flex", "varlen", "flash_attn", "sdpa"]
 
 
-def backend(name: str, summary: str, available: Callable[[torch.device], str | None] = lambda d: None):
+def backend(
+    name: str,
+    summary: str,
+    available: Callable[[torch.device], str | None] = lambda d: None,
+    honours_documents: bool = True,
+    prepare: Callable[[DocumentLayout], None] | None = None,
+):
     def decorate(fn: AttentionFn) -> AttentionFn:
-        BACKENDS[name] = Backend(name, fn, available, summary)
+        BACKENDS[name] = Backend(name, fn, available, summary, honours_documents, prepare)
         return fn
 
     return decorate
+
+
+def _import_or_reason(module: str) -> tuple[Any, str | None]:
+    """Import at module load, so `available` is a cheap attribute check (also under torch.compile)."""
+    try:
+        return importlib.import_module(module), None
+    except Exception as exc:  # ImportError, or a broken binary extension
+        return None, f"cannot import {module} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+
+
+def _needs_cuda(device: torch.device) -> str | None:
+    return None if device.type == "cuda" else f"needs a CUDA device, got '{device.type}'"
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=2)
 
 
-@backend("eager", "matmul + masked softmax in fp32: the reference")
+def _same_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Fused kernels need one dtype. Under autocast, rotary's fp32 cos/sin can leave q and k in
+    fp32 while v is bf16 (SDPA is cast by autocast itself; these kernels are not): use autocast's."""
+    device_type = q.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else v.dtype
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def _prepare_dense(layout: DocumentLayout) -> None:
+    layout.dense_mask()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference and dense-mask paths (any device)
+
+
+@backend("eager", "matmul + masked softmax in fp32: the reference", prepare=_prepare_dense)
 def eager_attention(q, k, v, layout: DocumentLayout, scale: float) -> torch.Tensor:
     groups = q.shape[2] // k.shape[2]
     q, k, v = q.transpose(1, 2), _repeat_kv(k, groups).transpose(1, 2), _repeat_kv(v, groups).transpose(1, 2)
@@ -61,7 +117,7 @@ def eager_attention(q, k, v, layout: DocumentLayout, scale: float) -> torch.Tens
     return torch.matmul(probs, v.to(compute)).to(q.dtype).transpose(1, 2)
 
 
-@backend("sdpa", "torch SDPA with a dense document mask (any device)")
+@backend("sdpa", "torch SDPA with a dense document mask (any device)", prepare=_prepare_dense)
 def sdpa_dense_attention(q, k, v, layout: DocumentLayout, scale: float) -> torch.Tensor:
     groups = q.shape[2] // k.shape[2]
     q, k, v = q.transpose(1, 2), _repeat_kv(k, groups).transpose(1, 2), _repeat_kv(v, groups).transpose(1, 2)
@@ -69,14 +125,215 @@ def sdpa_dense_attention(q, k, v, layout: DocumentLayout, scale: float) -> torch
     return out.transpose(1, 2)
 
 
+# ---------------------------------------------------------------------------------------------
+# FlexAttention: a block-causal document mask; blocks of 128 x 128 that no document spans are skipped.
+
+_flex_module, _flex_missing = _import_or_reason("torch.nn.attention.flex_attention")
+_compiled_flex: Callable | None = None
+
+
+def _flex_available(device: torch.device) -> str | None:
+    if _flex_missing:
+        return _flex_missing
+    if device.type != "cuda":
+        return "FlexAttention has no backward on CPU (its forward runs there, which the tests use)"
+    return None
+
+
+def _flex_kernel(device: torch.device) -> Callable:
+    """Compiled flex_attention on CUDA (the eager one materialises the scores); eager elsewhere."""
+    global _compiled_flex
+    if device.type != "cuda":
+        return _flex_module.flex_attention
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(_flex_module.flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+def _document_mask_mod(document_ids: torch.Tensor) -> Callable:
+    def same_document_causal(b, h, q_idx, kv_idx):
+        return (document_ids[b, q_idx] == document_ids[b, kv_idx]) & (q_idx >= kv_idx)
+
+    return same_document_causal
+
+
+def _prepare_flex(layout: DocumentLayout) -> None:
+    if "flex_block_mask" in layout.cache:
+        return
+    ids = layout.document_ids
+    batch, seq = ids.shape
+    kwargs = {}
+    if ids.is_cuda and "_compile" in inspect.signature(_flex_module.create_block_mask).parameters:
+        kwargs["_compile"] = True  # builds the mask without materialising S x S booleans
+    layout.cache["flex_block_mask"] = _flex_module.create_block_mask(
+        _document_mask_mod(ids), batch, None, seq, seq, device=ids.device, **kwargs
+    )
+
+
+@backend("flex", "compiled FlexAttention with a block-causal document mask (CUDA)", _flex_available, prepare=_prepare_flex)
+def flex_attention(q, k, v, layout: DocumentLayout, scale: float) -> torch.Tensor:
+    _prepare_flex(layout)
+    q, k, v = _same_dtype(q, k, v)
+    kernel = _flex_kernel(q.device)
+    out = kernel(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        block_mask=layout.cache["flex_block_mask"],
+        scale=scale,
+        enable_gqa=q.shape[2] != k.shape[2],
+    )
+    return out.transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Variable-length kernels over the flattened batch: one "sequence" per document.
+
+
+def _cu_seqlens_on_device(position_ids: torch.Tensor) -> torch.Tensor:
+    """Document starts over the flattened batch (a row start is always one), where the ids live."""
+    seq = position_ids.shape[1]
+    starts = position_ids.reshape(-1) == 0
+    starts[::seq] = True
+    idx = torch.nonzero(starts).flatten().to(torch.int32)
+    total = torch.full((1,), position_ids.numel(), dtype=torch.int32, device=position_ids.device)
+    return torch.cat([idx, total])
+
+
+def _prepare_varlen(layout: DocumentLayout) -> None:
+    if "varlen_cu_seqlens" in layout.cache:
+        return
+    if layout.cu_seqlens is not None:  # precomputed by the loader on the host: no device sync
+        cu = layout.cu_seqlens.to(device=layout.position_ids.device, dtype=torch.int32, non_blocking=True)
+    else:
+        cu = _cu_seqlens_on_device(layout.position_ids)
+    # The number of documents changes every batch: tell torch.compile up front, so the first
+    # batch compiles a graph for any count instead of one per count.
+    torch._dynamo.maybe_mark_dynamic(cu, 0)
+    layout.cache["varlen_cu_seqlens"] = cu
+
+
+def _flatten(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0] * x.shape[1], x.shape[2], x.shape[3])
+
+
+_varlen_module, _varlen_missing = _import_or_reason("torch.nn.attention.varlen")
+_VARLEN_PARAMS = set(inspect.signature(_varlen_module.varlen_attn).parameters) if _varlen_module else set()
+
+
+def _varlen_available(device: torch.device) -> str | None:
+    if _varlen_missing:
+        return f"this torch ({torch.__version__}) has no torch.nn.attention.varlen: {_varlen_missing}"
+    if device.type != "cuda":
+        return "torch.nn.attention.varlen is CUDA-only"
+    if torch.cuda.get_device_capability(device) < (8, 0):
+        return "torch.nn.attention.varlen needs compute capability 8.0 or newer"
+    return None
+
+
+@backend("varlen", "torch.nn.attention.varlen: flash varlen kernel inside torch (CUDA)", _varlen_available, prepare=_prepare_varlen)
+def varlen_attention(q, k, v, layout: DocumentLayout, scale: float) -> torch.Tensor:
+    _prepare_varlen(layout)
+    q, k, v = _same_dtype(q, k, v)
+    cu = layout.cache["varlen_cu_seqlens"]
+    batch, seq, heads, dim = q.shape
+    groups = heads // k.shape[2]
+    kwargs: dict[str, Any] = {}
+    # The signature moved between torch releases: causal was a flag, later a window (-1, 0).
+    if "is_causal" in _VARLEN_PARAMS:
+        kwargs["is_causal"] = True
+    else:
+        kwargs["window_size"] = (-1, 0)
+    if "scale" in _VARLEN_PARAMS:
+        kwargs["scale"] = scale
+    elif not math.isclose(scale, 1.0 / math.sqrt(dim)):
+        q = q * (scale * math.sqrt(dim))  # this torch always scales by 1/sqrt(D)
+    if groups > 1:
+        if "enable_gqa" in _VARLEN_PARAMS:
+            kwargs["enable_gqa"] = True
+        else:
+            k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
+    # max_seqlen only sizes the launch grid: the row length bounds every document and is a
+    # constant, so compiled graphs do not depend on the batch's longest document.
+    out = _varlen_module.varlen_attn(_flatten(q), _flatten(k), _flatten(v), cu, cu, seq, seq, **kwargs)
+    return out.view(batch, seq, heads, dim)
+
+
+_flash_attn_module, _flash_attn_missing = _import_or_reason("flash_attn")
+
+
+def _flash_attn_available(device: torch.device) -> str | None:
+    if _flash_attn_missing:
+        return f"the flash-attn package is not installed: {_flash_attn_missing}"
+    return _needs_cuda(device)
+
+
+@backend("flash_attn", "flash_attn_varlen_func from the flash-attn package (CUDA)", _flash_attn_available, prepare=_prepare_varlen)
+def flash_attn_attention(q, k, v, layout: DocumentLayout, scale: float) -> torch.Tensor:
+    _prepare_varlen(layout)
+    q, k, v = _same_dtype(q, k, v)
+    cu = layout.cache["varlen_cu_seqlens"]
+    batch, seq, heads, dim = q.shape
+    out = _flash_attn_module.flash_attn_varlen_func(
+        _flatten(q), _flatten(k), _flatten(v), cu, cu, seq, seq, softmax_scale=scale, causal=True
+    )  # grouped-query attention is native: k, v keep their Hkv heads
+    return out.view(batch, seq, heads, dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain causal SDPA: ignores document boundaries. It exists to compare kernels and frameworks
+# (torchtitan trains causal across documents this way); `auto` never picks it.
+
+_CAUSAL_PRIORITY = ["CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
+
+
+@backend(
+    "sdpa_causal",
+    "SDPA is_causal, cuDNN kernel first: IGNORES document boundaries (benchmarks only)",
+    honours_documents=False,
+)
+def sdpa_causal_attention(q, k, v, layout: DocumentLayout, scale: float) -> torch.Tensor:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [getattr(SDPBackend, name) for name in _CAUSAL_PRIORITY]
+    with sdpa_kernel(order, set_priority=True):
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            is_causal=True,
+            scale=scale,
+            enable_gqa=q.shape[2] != k.shape[2],
+        )
+    return out.transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+
+_RESOLVED: dict[tuple[str, str], Backend] = {}
+
+
 def resolve(name: str, device: torch.device) -> Backend:
-    """The backend to use for `name` on `device`; `auto` picks the first available in AUTO_ORDER."""
+    """The backend to use for `name` on `device`; `auto` picks the first available in AUTO_ORDER.
+
+    Cached per (name, device type) so that the per-layer call is a dict lookup.
+    """
+    key = (name, device.type)
+    found = _RESOLVED.get(key)
+    if found is None:
+        found = _resolve_uncached(name, device)
+        _RESOLVED[key] = found
+    return found
+
+
+def _resolve_uncached(name: str, device: torch.device) -> Backend:
     if name == "auto":
         # On CPU the reference is fast enough for small models and is what the tests compare to.
         order = AUTO_ORDER if device.type == "cuda" else []
         for candidate in order + ["eager"]:
-            if BACKENDS[candidate].available(device) is None:
-                return BACKENDS[candidate]
+            chosen = BACKENDS[candidate]
+            if chosen.honours_documents and chosen.available(device) is None:
+                return chosen
     if name not in BACKENDS:
         raise ConfigError(
             f"unknown attention backend '{name}'",
@@ -92,6 +349,25 @@ def resolve(name: str, device: torch.device) -> Backend:
             fix="use model.attention.backend=auto to pick the fastest available one",
         )
     return chosen
+
+
+def prepare(name: str, layout: DocumentLayout) -> None:
+    """Build the backend's per-batch metadata into layout.cache (eagerly, outside compiled code)."""
+    chosen = resolve(name, layout.position_ids.device)
+    if chosen.prepare is not None:
+        chosen.prepare(layout)
+
+
+def describe(device: torch.device) -> dict[str, str]:
+    """Every backend's status on `device`: 'available' or the reason it is not (for logs and plans)."""
+    out = {}
+    for name, entry in BACKENDS.items():
+        reason = entry.available(device)
+        status = "available" if reason is None else f"unavailable: {reason}"
+        if not entry.honours_documents:
+            status += " (ignores document boundaries; never picked by auto)"
+        out[name] = status
+    return out
 
 
 def default_scale(head_dim: int) -> float:

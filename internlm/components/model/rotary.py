@@ -43,5 +43,5 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, S, heads, head_dim]."""
-    return x * cos + rotate_half(x) * sin
+    """x: [B, S, heads, head_dim]; the result keeps x's dtype (under autocast too)."""
+    return (x * cos + rotate_half(x) * sin).to(x.dtype)

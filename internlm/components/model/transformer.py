@@ -14,6 +14,7 @@ from torch import nn
 
 from internlm.components.model.attention import AttentionConfig, SelfAttention, build_rotary
 from internlm.components.model.documents import DocumentLayout
+from internlm.components.model.fused_ops import KernelsConfig
 from internlm.components.model.mlp import MLPConfig, SwiGLU
 from internlm.components.model.norm import NormConfig, RMSNorm
 from internlm.registry import register
@@ -27,6 +28,7 @@ class TransformerConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     mlp: MLPConfig = field(default_factory=MLPConfig)
     norm: NormConfig = field(default_factory=NormConfig)
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)  # RMSNorm / SwiGLU / rotary implementations
     tie_embeddings: bool = False  # share the embedding matrix with the LM head (SmolLM2: yes)
     init_std: float = 0.02  # std of the normal init of every weight matrix
     init_from: str | None = None  # start from weights: hf:<dir> or internlm:<dir>; null = random init
