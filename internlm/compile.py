@@ -7,6 +7,7 @@ before any GPU time is spent. The model is built on the meta device to count its
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,11 @@ def compile_plan(cfg: RootConfig, tokenizer_vocab: int | None = None) -> Plan:
     accelerator = resolve_accelerator(trainer.accelerator)
     precision = resolve_precision(trainer.precision, accelerator)
     world_size = trainer.devices * trainer.num_nodes
-    layout = registry.build(cfg.strategy).layout(world_size)
+    strategy = registry.build(cfg.strategy)
+    layout = strategy.layout(world_size)
     check_model(cfg.model)
+    if hasattr(strategy, "check_model"):  # e.g. heads divisible by the tensor-parallel size
+        strategy.check_model(cfg.model, layout)
     check_tokenizer_fits(tokenizer_vocab, cfg.model)
     seq_len = cfg.data.seq_len
     max_position = cfg.model.attention.rotary.max_position
@@ -181,6 +185,6 @@ def write_plan(path: Path, cfg: DictConfig, plan: Plan) -> None:
     """plan.yaml: the fully resolved config and the derived numbers, written atomically."""
     document = {"config": OmegaConf.to_container(cfg, resolve=True), "plan": plan.as_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # every rank writes it: no shared temp name
     tmp.write_text(yaml.safe_dump(document, sort_keys=False))
     tmp.replace(path)

@@ -30,6 +30,7 @@ class TrainerConfig:
     val_batches: int = 8  # micro batches per validation pass
     checkpoint_every: int = 100  # steps between checkpoints; 0 = only at the end
     keep_checkpoints: int = 3  # newest checkpoints kept in the run folder
+    async_checkpoint: bool = False  # write checkpoints in a background thread; committed once written
     resume: str | None = None  # null | auto (newest complete checkpoint in the run folder) | a checkpoint path
     activation_checkpointing: str = "none"  # none | full | selective (every k-th block) | op (keep matmul outputs)
     activation_checkpointing_every: int = 1  # selective: recompute every k-th block

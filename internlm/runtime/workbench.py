@@ -39,7 +39,10 @@ class Workbench:
         """The model, initialised (or loaded via model.init_from) and set up by Fabric's strategy."""
         fabric = self.fabric
         torch.manual_seed(self.config.trainer.seed)  # identical init on every rank
-        with fabric.init_module(empty_init=False):
+        strategy = registry.build(self.config.strategy)
+        # A large model under a sharding strategy is created on the meta device and initialised after sharding.
+        on_meta = hasattr(strategy, "init_on_meta") and strategy.init_on_meta(self.plan.parameters) and not self.config.model.init_from
+        with fabric.init_module(empty_init=on_meta):
             model = registry.build(self.config.model)
         loss = self.loss  # computed inside forward, where sharded weights are gathered
         model.loss_fn = lambda hidden, weight, labels: loss(hidden, weight, labels)[0]

@@ -75,8 +75,12 @@ class Pretrain:
             console.update(done, metrics)
             if (trainer.checkpoint_every and done % trainer.checkpoint_every == 0) or done == trainer.max_steps:
                 state["step"] = done
-                checkpoint.save(fabric, ctx.run_dir, done, state, ctx.raw, ctx.components, trainer.keep_checkpoints)
+                checkpoint.save(
+                    fabric, ctx.run_dir, done, state, ctx.raw, ctx.components, trainer.keep_checkpoints,
+                    async_save=trainer.async_checkpoint,
+                )
                 timer.lap()
+        checkpoint.wait_for_pending()
         console.close()
         for logger in fabric.loggers:
             logger.finalize("success")
@@ -89,8 +93,8 @@ class Pretrain:
         fabric, plan = ctx.bench.fabric, ctx.plan
         batches: list[Batch] = [next(loader) for _ in range(plan.grad_accumulation)]
         labelled = torch.tensor(float(sum(b.num_loss_tokens for b in batches)), device=fabric.device)
-        if plan.world_size > 1:
-            labelled = fabric.all_reduce(labelled, reduce_op="sum")
+        if plan.world_size > 1:  # tensor-parallel peers hold the same rows: count them once
+            labelled = fabric.all_reduce(labelled, reduce_op="sum") / plan.layout.tensor
         # Data-parallel gradient reduction averages over dp ranks: scale so the result is the
         # per-token mean over the global batch.
         scale = plan.layout.dp_size / labelled.clamp(min=1.0)
@@ -106,7 +110,7 @@ class Pretrain:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if plan.world_size > 1:
-            total = fabric.all_reduce(total, reduce_op="sum")
+            total = fabric.all_reduce(total, reduce_op="sum") / plan.layout.tensor
         return float(total / labelled.clamp(min=1.0)), grad_norm
 
     def clip(self, ctx: RunContext, model, optimizer) -> float:
