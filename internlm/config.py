@@ -28,7 +28,7 @@ class TrainerConfig:
     log_every: int = 10  # steps between metric rows (CSV, TensorBoard, console)
     val_every: int = 100  # steps between validation passes; 0 = never
     val_batches: int = 8  # micro batches per validation pass
-    checkpoint_every: int = 100  # steps between checkpoints; 0 = only at the end
+    checkpoint_every: int = 100  # steps between checkpoints; 0 = only at the end; -1 = never (benchmarks)
     keep_checkpoints: int = 3  # newest checkpoints kept in the run folder
     async_checkpoint: bool = False  # write checkpoints in a background thread; committed once written
     resume: str | None = None  # null | auto (newest complete checkpoint in the run folder) | a checkpoint path

@@ -73,7 +73,7 @@ class Pretrain:
             if done % trainer.log_every == 0 or done == trainer.max_steps or "val/loss" in metrics:
                 fabric.log_dict(metrics, step=done)
             console.update(done, metrics)
-            if (trainer.checkpoint_every and done % trainer.checkpoint_every == 0) or done == trainer.max_steps:
+            if self.checkpoint_due(trainer, done):
                 state["step"] = done
                 checkpoint.save(
                     fabric, ctx.run_dir, done, state, ctx.raw, ctx.components, trainer.keep_checkpoints,
@@ -88,6 +88,13 @@ class Pretrain:
             log.info("data mixture, proportions sampled: %s", bench.data.sampled_proportions())
         sample = self.sample(ctx, model)
         return {"losses": history, "sample": sample}
+
+    @staticmethod
+    def checkpoint_due(trainer, done: int) -> bool:
+        if trainer.checkpoint_every < 0:
+            return False
+        periodic = trainer.checkpoint_every > 0 and done % trainer.checkpoint_every == 0
+        return periodic or done == trainer.max_steps
 
     def train_step(self, ctx: RunContext, model, optimizer, loader) -> tuple[float, float]:
         fabric, plan = ctx.bench.fabric, ctx.plan
