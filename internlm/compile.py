@@ -42,6 +42,7 @@ class Plan:
     precision: str
     attention_backend: str  # what model.attention.backend=auto resolved to on this machine
     memory_per_device_gib: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # legal but probably unintended settings
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -132,6 +133,18 @@ def count_parameters(model_cfg) -> int:
     return model.num_parameters()
 
 
+def advisories(cfg: RootConfig, parameters: int) -> list[str]:
+    """Settings that are valid but rarely what a user means."""
+    notes = []
+    lr = getattr(cfg.optimizer, "lr", None)
+    if lr is not None and lr > 1e-3 and parameters > 1_000_000_000:
+        notes.append(
+            f"optimizer.lr={lr:g} is the tiny default's rate; billion-parameter models diverge at it "
+            "(InternLM-7B trained at 1e-4): set optimizer.lr=1e-4"
+        )
+    return notes
+
+
 def compile_plan(cfg: RootConfig, tokenizer_vocab: int | None = None) -> Plan:
     trainer = cfg.trainer
     accelerator = resolve_accelerator(trainer.accelerator)
@@ -178,6 +191,7 @@ def compile_plan(cfg: RootConfig, tokenizer_vocab: int | None = None) -> Plan:
         precision=precision,
         attention_backend=backend,
         memory_per_device_gib=estimate,
+        warnings=advisories(cfg, parameters),
     )
 
 

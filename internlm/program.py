@@ -27,6 +27,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Any:
     config = to_typed(cfg)
     needs_tokenizer = registry.component_of(config.task).name not in ("components", "train_tokenizer")
     plan = compile_plan(config, tokenizer_vocab(config) if needs_tokenizer else None)
+    for note in plan.warnings:
+        log.warning(note)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_plan(run_dir / "plan.yaml", cfg, plan)
     task = registry.build(config.task)

@@ -82,3 +82,9 @@ def test_tokenizer_larger_than_model_vocab_is_refused():
 def test_warmup_is_resolved_from_the_fraction():
     plan = plan_for("trainer.max_steps=1000", "scheduler.warmup_fraction=0.05")
     assert plan.warmup_steps == 50
+
+
+def test_a_tiny_models_learning_rate_on_a_7b_is_flagged():
+    assert any("optimizer.lr" in note for note in plan_for("model=internlm_7b").warnings)
+    assert not plan_for("model=internlm_7b", "optimizer.lr=1e-4").warnings
+    assert not plan_for().warnings  # the tiny default

@@ -28,6 +28,7 @@ def describe(plan) -> str:
     ]
     memory = ", ".join(f"{k} {v:,.2f}" for k, v in plan.memory_per_device_gib.items() if k != "total")
     rows.append(("memory per device (GiB)", f"{plan.memory_per_device_gib['total']:,.2f} = {memory}"))
+    rows += [("warning", note) for note in plan.warnings]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
