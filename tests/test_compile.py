@@ -88,3 +88,8 @@ def test_a_tiny_models_learning_rate_on_a_7b_is_flagged():
     assert any("optimizer.lr" in note for note in plan_for("model=internlm_7b").warnings)
     assert not plan_for("model=internlm_7b", "optimizer.lr=1e-4").warnings
     assert not plan_for().warnings  # the tiny default
+
+
+def test_models_composed_from_yaml_have_their_published_sizes():
+    assert plan_for("model=llama2_7b").parameters == 6_738_415_616  # Llama-2-7B
+    assert plan_for("model=smollm2_135m").parameters == 134_515_008  # SmolLM2-135M, tied embeddings
