@@ -22,10 +22,12 @@ Checkpoints from before DCP (``state`` a single file, Fabric's one-device format
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import random
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +42,14 @@ PREFIX = "step-"
 STATE = "state"  # DCP folder: model and optimizer
 EXTRAS = "extras.pt"  # the rest of the training state, written once
 RNG_KEY = "_rng"
+
+
+@contextlib.contextmanager
+def _single_process_quiet():
+    """DCP warns that it 'assumes a single process' on every one-device save and load: intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def checkpoint_root(run_dir: Path) -> Path:
@@ -105,7 +115,8 @@ def save(
         future = dcp.async_save(tensors, checkpoint_id=tmp / STATE, process_group=_async_process_group(), no_dist=not _distributed())
         _PENDING.append(_PendingSave(future, commit))
         return final
-    dcp.save(tensors, checkpoint_id=tmp / STATE, no_dist=not _distributed())  # returns once every rank's shards and the metadata are written
+    with _single_process_quiet():
+        dcp.save(tensors, checkpoint_id=tmp / STATE, no_dist=not _distributed())  # returns once every rank's shards and the metadata are written
     if commit is not None:
         commit()
     fabric.barrier()
@@ -248,7 +259,8 @@ def load(fabric, checkpoint: Path, state: dict[str, Any]) -> dict[str, Any]:
 
     key, model, optimizers = _model_and_optimizers(state)
     tensors, _ = split_state(state)  # this run's layout: DCP fills each rank's own shards
-    dcp.load(tensors, checkpoint_id=checkpoint / STATE, no_dist=not _distributed())
+    with _single_process_quiet():
+        dcp.load(tensors, checkpoint_id=checkpoint / STATE, no_dist=not _distributed())
     set_model_state_dict(model, tensors[key])
     for name, optimizer in optimizers.items():
         set_optimizer_state_dict(model, optimizer, tensors[name])
