@@ -106,6 +106,30 @@ def check_tokenizer_fits(tokenizer_vocab: int | None, model_cfg) -> None:
         )
 
 
+def check_positive(values: dict[str, int | None]) -> None:
+    for key, value in values.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value} must be at least 1", where=key, fix=f"set {key} to a positive number")
+
+
+def check_names(cfg: RootConfig) -> None:
+    """Names that only a later stage would reject: reject them now, before any device is touched."""
+    from internlm.runtime.activation_checkpointing import POLICIES
+    from internlm.runtime.fabric_setup import LOGGERS
+
+    policy = cfg.trainer.activation_checkpointing
+    if policy not in POLICIES:
+        raise ConfigError(
+            f"unknown activation checkpointing policy '{policy}'",
+            where="trainer.activation_checkpointing",
+            fix=f"choose one of: {', '.join(POLICIES)}",
+        )
+    unknown = [name for name in cfg.trainer.loggers if name not in LOGGERS]
+    if unknown:
+        raise ConfigError(f"unknown logger(s) {unknown}", where="trainer.loggers", fix=f"choose from {list(LOGGERS)}")
+    registry.build(cfg.optimizer)  # resolves optimizer.target against the allowlist
+
+
 def derive_batches(data_cfg, dp_size: int) -> tuple[int, int]:
     """(micro batch per device, accumulation steps) keeping the global batch fixed."""
     global_batch = data_cfg.global_batch_size
@@ -147,6 +171,18 @@ def advisories(cfg: RootConfig, parameters: int) -> list[str]:
 
 def compile_plan(cfg: RootConfig, tokenizer_vocab: int | None = None) -> Plan:
     trainer = cfg.trainer
+    check_positive(
+        {
+            "data.seq_len": cfg.data.seq_len,
+            "data.global_batch_size": cfg.data.global_batch_size,
+            "data.micro_batch_size": cfg.data.micro_batch_size,
+            "trainer.max_steps": trainer.max_steps,
+            "trainer.log_every": trainer.log_every,
+            "trainer.devices": trainer.devices,
+            "trainer.num_nodes": trainer.num_nodes,
+        }
+    )
+    check_names(cfg)
     accelerator = resolve_accelerator(trainer.accelerator)
     precision = resolve_precision(trainer.precision, accelerator)
     world_size = trainer.devices * trainer.num_nodes
@@ -173,7 +209,8 @@ def compile_plan(cfg: RootConfig, tokenizer_vocab: int | None = None) -> Plan:
     tokens_per_step = cfg.data.global_batch_size * seq_len
     warmup = registry.build(cfg.scheduler).warmup_steps(trainer.max_steps)
     estimate = memory.estimate_per_device(
-        cfg.model, parameters, layout, micro, seq_len, precision, trainer.activation_checkpointing
+        cfg.model, parameters, layout, micro, seq_len, precision, trainer.activation_checkpointing,
+        full_logits=registry.component_of(cfg.loss).name == "cross_entropy",
     )
     return Plan(
         world_size=world_size,

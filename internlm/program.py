@@ -27,10 +27,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Any:
     config = to_typed(cfg)
     needs_tokenizer = registry.component_of(config.task).name not in ("components", "train_tokenizer")
     plan = compile_plan(config, tokenizer_vocab(config) if needs_tokenizer else None)
+    task = registry.build(config.task)
+    if hasattr(task, "check_run_folder"):  # e.g. pretrain: resume rules, checked before writing
+        task.check_run_folder(config, cfg, run_dir)
     for note in plan.warnings:
         log.warning(note)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_plan(run_dir / "plan.yaml", cfg, plan)
-    task = registry.build(config.task)
     ctx = RunContext(config=config, raw=cfg, plan=plan, run_dir=run_dir, bench=Workbench(config, plan, run_dir))
     return task.run(ctx)

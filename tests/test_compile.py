@@ -65,6 +65,13 @@ def test_global_batch_is_split_into_micro_batches_and_accumulation():
         (["data.seq_len=4096"], "max_position"),
         (["data.global_batch_size=6", "data.micro_batch_size=4"], "micro_batch_size"),
         (["strategy=single", "trainer.devices=2"], "strategy"),
+        (["data.global_batch_size=0"], "global_batch_size"),
+        (["data.micro_batch_size=-2"], "micro_batch_size"),
+        (["data.seq_len=0"], "seq_len"),
+        (["trainer.log_every=0"], "log_every"),
+        (["trainer.activation_checkpointing=sometimes"], "activation_checkpointing"),
+        (["trainer.loggers=[wandb]"], "loggers"),
+        (["optimizer=torch", "optimizer.target=os.system"], "os.system"),
     ],
 )
 def test_invalid_combinations_fail_before_anything_is_built(overrides, key):

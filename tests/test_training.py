@@ -23,12 +23,16 @@ def test_loss_falls_on_the_bundled_corpus(tmp_path, fast_overrides):
 
 
 def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path, fast_overrides):
-    overrides = fast_overrides + ["trainer.max_steps=8", "data.micro_batch_size=2", "trainer.checkpoint_every=4"]
+    overrides = fast_overrides + ["trainer.max_steps=8", "data.micro_batch_size=2", "trainer.checkpoint_every=4", "trainer.loggers=[csv]"]
     straight = run(overrides, tmp_path)["losses"]
     # A crash after step 4: only the step-4 checkpoint survives.
     shutil.rmtree(tmp_path / "checkpoints" / "step-00000008")
     resumed = run(overrides + ["trainer.resume=auto"], tmp_path)["losses"]
     assert resumed == straight[4:]  # exact float equality: same data, same state, same arithmetic
+    import csv
+
+    steps = [int(r["step"]) for r in csv.DictReader((tmp_path / "metrics" / "metrics.csv").open())]
+    assert steps == list(range(1, 9))  # each step logged once, though steps 5-8 ran twice
 
 
 def test_checkpoints_are_complete_or_invisible(tmp_path, fast_overrides):
@@ -59,8 +63,9 @@ def test_load_returns_the_trained_model_and_its_tokenizer(tmp_path, fast_overrid
 
 def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(tmp_path, fast_overrides):
     run(fast_overrides + ["trainer.max_steps=2"], tmp_path)
-    before = (tmp_path / "checkpoints" / "step-00000002" / "meta.json").read_bytes()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     with pytest.raises(ConfigError) as info:
-        run(fast_overrides + ["trainer.max_steps=2"], tmp_path)  # forgot trainer.resume=auto
+        run(fast_overrides + ["trainer.max_steps=7"], tmp_path)  # forgot trainer.resume=auto
     assert "resume" in info.value.render()
-    assert (tmp_path / "checkpoints" / "step-00000002" / "meta.json").read_bytes() == before
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # plan.yaml, metrics and checkpoints untouched

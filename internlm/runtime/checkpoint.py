@@ -228,18 +228,29 @@ def read_meta(checkpoint: Path) -> dict:
     return json.loads((checkpoint / "meta.json").read_text())
 
 
+# Model fields that change how a model runs, not what its weights are.
+RUNTIME_ONLY = ("attention.backend", "attention.rotary.max_position", "kernels.", "init_from", "init_std")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def check_same_model(checkpoint: Path, model_config: dict) -> None:
-    """Refuse, before loading, a checkpoint of another model shape."""
-    saved = read_config(checkpoint).get("model", {})
-    shape_keys = ("vocab_size", "hidden_size", "num_layers", "tie_embeddings")
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {model_config.get(k)!r}" for k in shape_keys if saved.get(k) != model_config.get(k)]
-    for k in ("num_heads", "num_kv_heads", "qkv_bias", "out_bias"):
-        a, b = saved.get("attention", {}).get(k), model_config.get("attention", {}).get(k)
-        if a != b:
-            diffs.append(f"attention.{k}: checkpoint {a!r} vs config {b!r}")
-    a, b = saved.get("mlp", {}).get("intermediate_size"), model_config.get("mlp", {}).get("intermediate_size")
-    if a != b:
-        diffs.append(f"mlp.intermediate_size: checkpoint {a!r} vs config {b!r}")
+    """Refuse, before anything is built, a checkpoint of another model architecture."""
+    saved, wanted = _flat(read_config(checkpoint).get("model", {})), _flat(model_config)
+    keys = sorted((set(saved) | set(wanted)))
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r} vs config {wanted.get(k)!r}"
+        for k in keys
+        if not k.startswith(RUNTIME_ONLY) and saved.get(k) != wanted.get(k)
+    ]
     if diffs:
         raise ConfigError(
             f"checkpoint {checkpoint} holds a model of another shape: " + "; ".join(diffs),

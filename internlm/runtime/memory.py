@@ -14,8 +14,17 @@ GIB = 1024**3
 
 
 def estimate_per_device(
-    model_cfg, parameters: int, layout: ParallelLayout, micro_batch: int, seq_len: int, precision: str, checkpointing: str
+    model_cfg,
+    parameters: int,
+    layout: ParallelLayout,
+    micro_batch: int,
+    seq_len: int,
+    precision: str,
+    checkpointing: str,
+    full_logits: bool = True,
 ) -> dict[str, float]:
+    """`full_logits`: the loss materialises fp32 logits for the whole micro batch (the plain
+    cross-entropy); fused losses hold one chunk, counted as 2048 tokens."""
     held = parameters / (layout.shard * layout.tensor)
     weight_bytes = 2 if precision == "bf16-true" else 4  # mixed precision keeps fp32 master weights
     tokens = micro_batch * seq_len
@@ -27,7 +36,8 @@ def estimate_per_device(
         activations = model_cfg.num_layers * per_layer * 0.5
     else:
         activations = model_cfg.num_layers * per_layer
-    logits = 4 * tokens * model_cfg.vocab_size / layout.tensor  # fp32 logits of the plain loss
+    logit_tokens = tokens if full_logits else min(tokens, 2048)
+    logits = 4 * logit_tokens * model_cfg.vocab_size / layout.tensor
     parts = {
         "weights": held * weight_bytes,
         "gradients": held * weight_bytes,

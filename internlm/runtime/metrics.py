@@ -40,3 +40,27 @@ def throughput(tokens_per_step: int, seconds: float, world_size: int, flops_per_
     if peak:
         out["mfu"] = per_device * flops_per_token / peak
     return out
+
+
+def keep_csv_history(logger, step: int) -> None:
+    """On resume: keep the metrics the earlier run logged up to `step`. Lightning's CSV logger
+    deletes an existing metrics.csv when it starts; hand it the old rows to write again, and drop
+    the rows a crashed run logged past its last checkpoint (the resumed run logs them anew)."""
+    import csv
+    from pathlib import Path
+
+    path = Path(logger.log_dir) / "metrics.csv"
+    rows = []
+    if path.is_file():
+        with path.open(newline="") as handle:
+            rows = [
+                {k: v for k, v in row.items() if v != ""}
+                for row in csv.DictReader(handle)
+                if int(float(row["step"])) <= step
+            ]
+    import warnings
+
+    with warnings.catch_warnings():  # its "previous log files will be deleted": not so, see above
+        warnings.filterwarnings("ignore", message="Experiment logs directory")
+        writer = logger.experiment  # created now: this is when the old file is removed
+    writer.metrics = rows + writer.metrics

@@ -20,7 +20,7 @@ from internlm.registry import register
 from internlm.runtime import checkpoint
 from internlm.runtime.console import Console
 from internlm.runtime.generation import generate
-from internlm.runtime.metrics import StepTimer, peak_memory_gib, throughput
+from internlm.runtime.metrics import StepTimer, keep_csv_history, peak_memory_gib, throughput
 from internlm.tasks.base import RunContext
 
 log = logging.getLogger("internlm")
@@ -67,6 +67,7 @@ class Pretrain:
             done = step + 1
             metrics = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}
             metrics |= {f"perf/{k}": v for k, v in self.speed(ctx, seconds).items()}
+            metrics |= loader.metrics()  # data/epoch, data/mix/<source> for mixtures
             if val_rows and trainer.val_every and (done % trainer.val_every == 0 or done == trainer.max_steps):
                 metrics |= self.validate(ctx, model, val_rows)
                 timer.lap()  # validation time is not training time
@@ -137,25 +138,38 @@ class Pretrain:
         out["peak_memory_gib"] = peak_memory_gib(fabric.device)
         return out
 
-    def resume(self, ctx: RunContext, state: dict) -> int:
-        spec = ctx.config.trainer.resume
+    def check_run_folder(self, config, raw, run_dir) -> None:
+        """Before the plan is written or anything is built: never train over an earlier run's
+        checkpoints, and never resume from a checkpoint of another model."""
+        spec = config.trainer.resume
         if not spec:
-            if checkpoint.complete_checkpoints(ctx.run_dir):  # never train over a previous run's checkpoints
+            if checkpoint.complete_checkpoints(run_dir):
                 raise ConfigError(
-                    f"the run folder {ctx.run_dir} already holds checkpoints of an earlier run",
+                    f"the run folder {run_dir} already holds checkpoints of an earlier run",
                     where="hydra.run.dir",
                     fix="continue it with trainer.resume=auto, or start a new run in another hydra.run.dir",
                 )
-            return 0
-        found = checkpoint.find_checkpoint(spec, ctx.run_dir)
-        if found is None:
-            log.info("resume=auto: no checkpoint in %s yet, starting from step 0", ctx.run_dir)
-            return 0
-        from omegaconf import OmegaConf
+            return
+        found = checkpoint.find_checkpoint(spec, run_dir)
+        if found is not None:
+            from omegaconf import OmegaConf
 
-        checkpoint.check_same_model(found, OmegaConf.to_container(ctx.raw.model, resolve=True))
+            checkpoint.check_same_model(found, OmegaConf.to_container(raw.model, resolve=True))
+
+    def resume(self, ctx: RunContext, state: dict) -> int:
+        spec = ctx.config.trainer.resume
+        found = checkpoint.find_checkpoint(spec, ctx.run_dir) if spec else None
+        if found is None:
+            if spec:
+                log.info("resume=%s: no checkpoint in %s yet, starting from step 0", spec, ctx.run_dir)
+            return 0
         remainder = checkpoint.load(ctx.bench.fabric, found, state)
         step = int(remainder.get("step", state["step"]))
+        from lightning.fabric.loggers import CSVLogger
+
+        for logger in ctx.bench.fabric.loggers:
+            if isinstance(logger, CSVLogger) and ctx.bench.fabric.is_global_zero:
+                keep_csv_history(logger, step)
         log.info("resumed from %s at step %d", found, step)
         return step
 

@@ -53,11 +53,18 @@ class Batch:
         }
 
 
-def cu_seqlens_from_positions(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Host-side helper for loaders: document starts (position 0, or a row start) -> cu_seqlens."""
+def cu_seqlens_on(position_ids: torch.Tensor) -> torch.Tensor:
+    """Cumulative document lengths [docs + 1] (int32) over the flattened rows, on the ids' device:
+    a document starts where the position is 0, and every row starts one."""
     seq = position_ids.shape[1]
     starts = position_ids.reshape(-1) == 0
     starts[::seq] = True
     idx = torch.nonzero(starts).flatten().to(torch.int32)
-    cu = torch.cat([idx, torch.tensor([position_ids.numel()], dtype=torch.int32)])
+    total = torch.full((1,), position_ids.numel(), dtype=torch.int32, device=position_ids.device)
+    return torch.cat([idx, total])
+
+
+def cu_seqlens_from_positions(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Host-side helper for loaders: cu_seqlens and the longest document."""
+    cu = cu_seqlens_on(position_ids)
     return cu, int((cu[1:] - cu[:-1]).max())

@@ -77,7 +77,7 @@ def open_store(store: Path, tokenizer, seq_len: int, where: str, verify: bool = 
         parts.append(StreamRows(tokens, starts, seq_len))
     if not parts:
         raise ConfigError(
-            f"token store {store} has no shard of more than seq_len + 1 = {seq_len + 1} tokens",
+            f"token store {store} has no shard of at least seq_len + 1 = {seq_len + 1} tokens",
             where=where,
             fix="lower data.seq_len or prepare more text",
         )

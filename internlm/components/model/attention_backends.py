@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from internlm.components.data.batch import cu_seqlens_on
 from internlm.components.model.documents import DocumentLayout
 from internlm.errors import ConfigError
 
@@ -190,23 +191,13 @@ def flex_attention(q, k, v, layout: DocumentLayout, scale: float) -> torch.Tenso
 # Variable-length kernels over the flattened batch: one "sequence" per document.
 
 
-def _cu_seqlens_on_device(position_ids: torch.Tensor) -> torch.Tensor:
-    """Document starts over the flattened batch (a row start is always one), where the ids live."""
-    seq = position_ids.shape[1]
-    starts = position_ids.reshape(-1) == 0
-    starts[::seq] = True
-    idx = torch.nonzero(starts).flatten().to(torch.int32)
-    total = torch.full((1,), position_ids.numel(), dtype=torch.int32, device=position_ids.device)
-    return torch.cat([idx, total])
-
-
 def _prepare_varlen(layout: DocumentLayout) -> None:
     if "varlen_cu_seqlens" in layout.cache:
         return
     if layout.cu_seqlens is not None:  # precomputed by the loader on the host: no device sync
         cu = layout.cu_seqlens.to(device=layout.position_ids.device, dtype=torch.int32, non_blocking=True)
     else:
-        cu = _cu_seqlens_on_device(layout.position_ids)
+        cu = cu_seqlens_on(layout.position_ids)
     # The number of documents changes every batch: tell torch.compile up front, so the first
     # batch compiles a graph for any count instead of one per count.
     torch._dynamo.maybe_mark_dynamic(cu, 0)

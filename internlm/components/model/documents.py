@@ -38,11 +38,3 @@ class DocumentLayout:
             same_doc = ids[:, :, None] == ids[:, None, :]
             self.cache["dense"] = (same_doc & causal)[:, None]
         return self.cache["dense"]
-
-    def flat_cu_seqlens(self) -> tuple[torch.Tensor, int]:
-        """cu_seqlens over the flattened batch; computed here (one host sync) if the loader did not."""
-        if self.cu_seqlens is None:
-            from internlm.components.data.batch import cu_seqlens_from_positions
-
-            self.cu_seqlens, self.max_seqlen = cu_seqlens_from_positions(self.position_ids)
-        return self.cu_seqlens, int(self.max_seqlen)

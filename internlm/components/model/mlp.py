@@ -19,7 +19,7 @@ class MLPConfig:
 
 @register("model/mlp", "swiglu", MLPConfig)
 class SwiGLU(nn.Module):
-    """Gated MLP with SiLU, as in InternLM (w1 = gate, w3 = up, w2 = down in its checkpoints)."""
+    """Gated MLP with SiLU, as in InternLM (w1 = gate, w2 = up, w3 = down in its checkpoints)."""
 
     def __init__(self, config: MLPConfig, hidden_size: int):
         super().__init__()

@@ -24,7 +24,7 @@ class TorchOptimizer:
 
     def __init__(self, config: TorchOptimizerConfig):
         self.config = config
-        self.cls = resolve_target(config.target)  # fails at build time of the plan, not mid-run
+        self.cls = resolve_target(config.target)  # compile builds this component: a bad target fails there
 
     def build(self, model: nn.Module) -> torch.optim.Optimizer:
         return self.cls(model.parameters(), lr=self.config.lr, **self.config.kwargs)
