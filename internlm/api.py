@@ -31,20 +31,16 @@ def typed_section(group: str, name: str, values: dict) -> Any:
 
 
 def model_tensors(checkpoint: Path):
-    """A source of (name, full tensor) for the model of a checkpoint, one tensor at a time for
-    sharded checkpoints (no process group, no gathering on a GPU)."""
-    state_path = checkpoint / "state"
-    if state_path.is_file():
-        return torch.load(state_path, map_location="cpu", weights_only=True, mmap=True)["model"]
+    """A source of (name, full tensor) for the model of a checkpoint, read one tensor at a time
+    (no process group, no gathering on a GPU, whatever world size wrote it)."""
     from internlm.interop.dcp_source import dcp_model_tensors
 
-    return dcp_model_tensors(state_path)
+    return dcp_model_tensors(checkpoint / "state")
 
 
 def load_model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The model's full (unsharded) state dict from a checkpoint, on the CPU."""
-    source = model_tensors(checkpoint)
-    return source if isinstance(source, dict) else dict(source())
+    return dict(model_tensors(checkpoint)())
 
 
 def checkpoint_model_config(checkpoint: Path) -> tuple[Any, Any]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import internlm
+import internlm.paths
 from internlm.api import run
 from internlm.errors import ConfigError
 from internlm.runtime.checkpoint import complete_checkpoints
@@ -69,3 +70,10 @@ def test_a_new_run_never_overwrites_an_earlier_runs_checkpoints(tmp_path, fast_o
     assert "resume" in info.value.render()
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before  # plan.yaml, metrics and checkpoints untouched
+
+
+def test_validation_from_files_and_from_a_fraction_at_once_is_refused(tmp_path, fast_overrides):
+    corpus = str(internlm.paths.CORPUS_DIR / "tang_song.jsonl")
+    with pytest.raises(ConfigError) as info:
+        run(fast_overrides + ["data=text", f"data.paths=[{corpus}]", f"data.val_paths=[{corpus}]", "data.val_fraction=0.1"], tmp_path)
+    assert "val_fraction" in info.value.render() and "val_paths" in info.value.render()

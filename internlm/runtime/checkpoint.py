@@ -16,8 +16,6 @@ last file written): a crash mid-save leaves the previous one intact and never a 
 complete. With ``async_save`` the tensors are copied off the parameters at once and written in a
 background thread; the rename happens when the write ends, at the next save or at
 `wait_for_pending()`. Only the newest ``keep`` checkpoints are kept.
-
-Checkpoints from before DCP (``state`` a single file, Fabric's one-device format) still load.
 """
 
 from __future__ import annotations
@@ -263,8 +261,6 @@ def load(fabric, checkpoint: Path, state: dict[str, Any]) -> dict[str, Any]:
     """Restore `state` in place, at whatever world size and mesh this run has; returns what the
     checkpoint holds beyond `state` (plain values)."""
     wait_for_pending()
-    if (checkpoint / STATE).is_file():  # a one-file checkpoint from before DCP
-        return fabric.load(checkpoint / STATE, state)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 

@@ -49,8 +49,7 @@ class InternLMBinData(RowSetSource):
         self.config = config
         if not config.path:
             raise ConfigError("no dataset folder given", where="data.path", fix="set data.path=<folder of .bin files>")
-        if config.val_path and config.val_fraction:
-            raise ConfigError("both val_path and val_fraction are set", where="data.val_path", fix="use one of them")
+        self.check_one_holdout(bool(config.val_path), config.val_fraction, "data.val_path")
         self.samples = BinSamples(Path(config.path), tokenizer.vocab_size, "data.path")
         held_out = None
         if config.val_path:

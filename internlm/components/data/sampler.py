@@ -134,6 +134,16 @@ class RowSetSource:
     train_rows: RowSet
     val_rows: RowSet | None = None
 
+    @staticmethod
+    def check_one_holdout(held_out_given: bool, val_fraction: float, where: str) -> None:
+        """Validation comes from held-out files or from a fraction of the rows, not both."""
+        if held_out_given and val_fraction:
+            raise ConfigError(
+                f"both {where.removeprefix('data.')} and val_fraction are set",
+                where=where,
+                fix=f"hold out files ({where}) or a fraction of rows (data.val_fraction), not both",
+            )
+
     def use_rows(self, rows: RowSet, held_out: RowSet | None, val_fraction: float) -> None:
         """Train on ``rows``; validate on ``held_out`` (held-out files) when given, else on a fixed
         ``val_fraction`` of ``rows`` taken out of training."""

@@ -42,8 +42,7 @@ class SFTData(RowSetSource):
         self.truncated = 0  # conversations longer than a row, cut to seq_len
         if not config.paths:
             raise ConfigError("no chat files given", where="data.paths", fix="set data.paths=[<chats.jsonl>]")
-        if config.val_paths and config.val_fraction:
-            raise ConfigError("both val_paths and val_fraction are set", where="data.val_paths", fix="use one of them")
+        self.check_one_holdout(bool(config.val_paths), config.val_fraction, "data.val_paths")
         rows = self._rows(resolve_files(config.paths, "data.paths"), tokenizer, "data.paths")
         held_out = None
         if config.val_paths:

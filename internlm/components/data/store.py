@@ -37,10 +37,7 @@ class StoreData(RowSetSource):
             raise ConfigError(
                 "no token store given", where="data.path", fix="set data.path=<folder made by task=prepare_data>"
             )
-        if config.val_path and config.val_fraction:
-            raise ConfigError(
-                "both val_path and val_fraction are set", where="data.val_path", fix="use one way to hold out data"
-            )
+        self.check_one_holdout(bool(config.val_path), config.val_fraction, "data.val_path")
         rows = open_store(Path(config.path), tokenizer, config.seq_len, "data.path", config.verify_checksums)
         held_out = None
         if config.val_path:

@@ -47,12 +47,7 @@ class TextData(RowSetSource):
 
     def __init__(self, config: TextDataConfig, tokenizer):
         self.config = config
-        if config.val_paths and config.val_fraction:
-            raise ConfigError(
-                "both val_paths and val_fraction are set",
-                where="data.val_paths",
-                fix="hold out files (val_paths) or a fraction of rows (val_fraction), not both",
-            )
+        self.check_one_holdout(bool(config.val_paths), config.val_fraction, "data.val_paths")
         rows = self._rows(self._files(config.paths or bundled_corpus(), "data.paths"), tokenizer, "data.paths")
         held_out = None
         if config.val_paths:
