@@ -58,7 +58,10 @@ def apply_speedups(model: torch.nn.Module, config: RootConfig, plan: Plan) -> No
 
     kernels = resolve_kernels(config.model.kernels, torch.device(plan.accelerator))
     apply_kernels(model, kernels)
-    log.info("attention kernel %s; kernels %s; compile %s", plan.attention_backend, kernels.names, use_compile(config, plan))
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        log.info("attention kernel %s; kernels %s; compile %s", plan.attention_backend, kernels.names, use_compile(config, plan))
     if config.trainer.activation_checkpointing != "none":
         from internlm.runtime.activation_checkpointing import apply_activation_checkpointing
 
