@@ -65,3 +65,26 @@ def test_bad_data_paths_end_in_one_message_before_training(tmp_path):
         assert result.returncode == 2, result.stderr
         assert expected in result.stderr and "Traceback" not in result.stderr
         assert "step 1" not in result.stdout + result.stderr
+
+
+def test_a_mixture_defined_on_the_command_line_trains_and_logs_its_proportions(tmp_path):
+    corpus = Path(__file__).resolve().parents[1] / "internlm" / "assets" / "corpus"
+    result = internlm(
+        "data=mixture",
+        f"+data.sources.plays={{path: {corpus / 'shakespeare.jsonl'}, weight: 0.7, format: text}}",
+        f"+data.sources.poems={{path: {corpus / 'tang_song.jsonl'}, weight: 0.3, format: text}}",
+        "data.seq_len=64", "data.global_batch_size=40", "trainer.max_steps=5", "trainer.sample_tokens=0",
+        "trainer.checkpoint_every=-1", "trainer.loggers=[csv]", f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    import csv
+
+    last = list(csv.DictReader((tmp_path / "run" / "metrics" / "metrics.csv").open()))[-1]
+    assert abs(float(last["data/mix/plays"]) - 0.7) <= 0.05 and abs(float(last["data/mix/poems"]) - 0.3) <= 0.05
+
+
+def test_a_mixture_source_with_a_misspelt_field_is_named(tmp_path):
+    result = internlm("data=mixture", "+data.sources.web={pth: x}", "data.seq_len=64", "trainer.max_steps=1", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data.sources.web" in result.stderr and "pth" in result.stderr and "Traceback" not in result.stderr

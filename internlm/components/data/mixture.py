@@ -10,12 +10,15 @@ source then walks its own seeded epochs (`sampler.ShuffledRows`) independently o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from internlm.components.data.base import DataConfig
 from internlm.components.data.packing import ConcatRows, Rows, gather_rows
@@ -37,7 +40,9 @@ class MixtureSourceConfig:
 
 @dataclass
 class MixtureDataConfig(DataConfig):
-    sources: dict[str, MixtureSourceConfig] = field(default_factory=dict)  # name -> {path, weight, format}
+    # name -> {path, weight, format, text_field}; typed loosely so the command line can add sources
+    # (`+data.sources.web={path: store/web, weight: 0.6}`), checked against MixtureSourceConfig below
+    sources: dict[str, Any] = field(default_factory=dict)
 
 
 def detect_format(path: str) -> str:
@@ -152,16 +157,31 @@ class MixtureStream:
         return {f"data/mix/{name}": share for name, share in self.proportions(consumed).items()}
 
 
+def typed_source(name: str, source: Any) -> MixtureSourceConfig:
+    if isinstance(source, MixtureSourceConfig):
+        return source
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(MixtureSourceConfig), source)
+        return OmegaConf.to_object(merged)
+    except Exception as exc:  # unknown key, wrong type, not a mapping
+        raise ConfigError(
+            f"source {name!r} of the mixture is not {{path, weight, format, text_field}}: {exc}".splitlines()[0],
+            where=f"data.sources.{name}",
+            fix="e.g. +data.sources.web={path: store/web, weight: 0.6}",
+        ) from None
+
+
 @register("data", "mixture", MixtureDataConfig)
 class MixtureData(RowSetSource):
     """Named sources (token stores, InternLM .bin folders, text files) mixed by weight."""
 
     def __init__(self, config: MixtureDataConfig, tokenizer):
-        self.config = config
         if not config.sources:
             raise ConfigError(
-                "a mixture needs sources", where="data.sources", fix="data.sources={web: {path: ..., weight: 0.6}, ...}"
+                "a mixture needs sources", where="data.sources", fix="+data.sources.web={path: ..., weight: 0.6} (one per source)"
             )
+        config = dataclasses.replace(config, sources={n: typed_source(n, s) for n, s in config.sources.items()})
+        self.config = config
         for name, source in config.sources.items():
             if not source.weight > 0:
                 raise ConfigError(
