@@ -62,7 +62,7 @@ def test_global_batch_is_split_into_micro_batches_and_accumulation():
     [
         (["model.attention.num_heads=5"], "num_heads"),
         (["model.attention.num_kv_heads=3"], "num_kv_heads"),
-        (["data.seq_len=4096"], "max_position"),
+        (["data.seq_len=8192"], "max_position"),
         (["data.global_batch_size=6", "data.micro_batch_size=4"], "micro_batch_size"),
         (["strategy=single", "trainer.devices=2"], "strategy"),
         (["data.global_batch_size=0"], "global_batch_size"),
