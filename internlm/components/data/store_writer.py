@@ -302,7 +302,7 @@ def _adopt_existing(output: Path, manifest: dict, overwrite: bool) -> dict:
     """Continue a store begun with the same inputs and settings; refuse anything else."""
     output.mkdir(parents=True, exist_ok=True)
     for leftover in output.glob(".*.tmp-*"):  # files a killed run was writing: never part of the store
-        leftover.unlink()
+        leftover.unlink(missing_ok=True)
     path = output / fmt.MANIFEST
     if not path.exists():
         strangers = [p.name for p in output.iterdir() if not p.name.startswith((".", "shard-"))]
@@ -354,7 +354,9 @@ def _run_jobs(jobs: list[ShardJob], tokenizer, counters, commit, workers: int, b
                 commit(running.pop(future), future.result())
             _update_bar(bar, counters, started)
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        # Let shards already in flight finish (one each): no worker may still be writing into the
+        # store once this returns, e.g. while a rerun cleans up.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _progress_bar(total_bytes: int, enabled: bool):
