@@ -189,8 +189,7 @@ def compile_plan(cfg: RootConfig, tokenizer_vocab: int | None = None) -> Plan:
     strategy = registry.build(cfg.strategy)
     layout = strategy.layout(world_size)
     check_model(cfg.model)
-    if hasattr(strategy, "check_model"):  # e.g. heads divisible by the tensor-parallel size
-        strategy.check_model(cfg.model, layout)
+    strategy.check_model(cfg.model, layout)  # e.g. heads divisible by the tensor-parallel size
     check_tokenizer_fits(tokenizer_vocab, cfg.model)
     seq_len = cfg.data.seq_len
     max_position = cfg.model.attention.rotary.max_position

@@ -7,7 +7,7 @@ while composing. `trainer` is the one fixed schema: how the program runs, whatev
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -56,6 +56,10 @@ class RootConfig:
     checkpoint: str | None = None  # a checkpoint or run folder to read (generate, export_hf)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)  # task=prepare_data: raw text -> token store
     export: ExportConfig = field(default_factory=ExportConfig)  # task=export_hf: checkpoint -> Hugging Face folder
+
+
+# The groups that hold a registered component (typed Any above: each holds its own dataclass).
+COMPONENT_GROUPS = tuple(f.name for f in fields(RootConfig) if f.type == "Any")
 
 
 def store_root_schema() -> None:

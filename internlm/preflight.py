@@ -57,7 +57,7 @@ def check_overrides(argv: list[str]) -> None:
     group_choices = [o.input_line for o in parsed if _is_group(o)]
     for o in parsed:
         if _is_group(o) and not o.is_delete():
-            check_choice(o.key_or_group, o.value())
+            check_choice(o)
     try:
         base = compose([o for o in group_choices if "," not in o])
     except Exception as exc:
@@ -74,18 +74,17 @@ def check_overrides(argv: list[str]) -> None:
             raise ConfigError(_first_line(exc), where="overrides", fix="give the value the type the field declares") from None
 
 
-def check_choice(group: str, value) -> None:
+def check_choice(override) -> None:
     """`model=internlm_8b`: the file must exist in conf/<group>/ (each value of a sweep too)."""
+    group = override.key_or_group
     choices = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
-    values = value if isinstance(value, list) else [value]
-    if hasattr(value, "list"):  # a sweep: model=a,b
-        values = list(value.list)
-    for item in values:
-        if str(item) not in choices:
+    values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+    for item in map(str, values):
+        if item not in choices:
             raise ConfigError(
                 f"no config '{item}' in group '{group}'",
                 where=f"{group}={item}",
-                fix=f"choose one of: {', '.join(choices)}{suggest(str(item), choices)}",
+                fix=f"choose one of: {', '.join(choices)}{suggest(item, choices)}",
             )
 
 

@@ -31,10 +31,9 @@ def make_fabric(config: RootConfig, plan: Plan, run_dir: Path):
     import lightning as L
 
     strategy = registry.build(config.strategy)
-    if hasattr(strategy, "fabric_precision"):  # sharding strategies cast parameters themselves (FSDP2 mixed precision)
-        precision, fabric_strategy = strategy.fabric_precision(plan.precision), strategy.fabric_strategy(plan.layout, plan.precision)
-    else:
-        precision, fabric_strategy = plan.precision, strategy.fabric_strategy(plan.layout)
+    # Sharding strategies cast parameters themselves (FSDP2 mixed precision): Fabric then must not.
+    precision = strategy.fabric_precision(plan.precision)
+    fabric_strategy = strategy.fabric_strategy(plan.layout, plan.precision)
     fabric = L.Fabric(
         accelerator=plan.accelerator,
         devices=config.trainer.devices,

@@ -41,7 +41,7 @@ class Workbench:
         torch.manual_seed(self.config.trainer.seed)  # identical init on every rank
         strategy = registry.build(self.config.strategy)
         # A large model under a sharding strategy is created on the meta device and initialised after sharding.
-        on_meta = hasattr(strategy, "init_on_meta") and strategy.init_on_meta(self.plan.parameters) and not self.config.model.init_from
+        on_meta = strategy.init_on_meta(self.plan.parameters) and not self.config.model.init_from
         with fabric.init_module(empty_init=on_meta):
             model = registry.build(self.config.model)
         loss = self.loss  # computed inside forward, where sharded weights are gathered

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from omegaconf import DictConfig
+if TYPE_CHECKING:  # annotations only: the root config imports task modules, so no import cycle here
+    from omegaconf import DictConfig
 
-from internlm.compile import Plan
-from internlm.config import RootConfig
-from internlm.runtime.workbench import Workbench
+    from internlm.compile import Plan
+    from internlm.config import RootConfig
+    from internlm.runtime.workbench import Workbench
 
 
 @dataclass
@@ -26,13 +27,10 @@ class RunContext:
     def components(self) -> dict[str, str]:
         """Group -> registered component name, for every component group of the config."""
         from internlm import registry
+        from internlm.config import COMPONENT_GROUPS
 
-        names = {}
-        for group in ("task", "model", "tokenizer", "data", "optimizer", "scheduler", "loss", "strategy"):
-            node = getattr(self.config, group)
-            if node is not None:
-                names[group] = registry.component_of(node).name
-        return names
+        nodes = {group: getattr(self.config, group) for group in COMPONENT_GROUPS}
+        return {group: registry.component_of(node).name for group, node in nodes.items() if node is not None}
 
 
 class Task(Protocol):

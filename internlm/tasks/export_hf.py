@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from internlm.errors import ConfigError
 from internlm.registry import register
 
-if TYPE_CHECKING:  # the root config imports ExportConfig from here
+if TYPE_CHECKING:
     from internlm.tasks.base import RunContext
 
 

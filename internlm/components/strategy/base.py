@@ -23,3 +23,26 @@ class ParallelLayout:
     def dp_size(self) -> int:
         """Ranks that see different data."""
         return self.replicate * self.shard
+
+
+class Strategy:
+    """What every strategy component answers; the defaults fit strategies that keep whole models
+    (single, ddp). Sharding strategies override what differs."""
+
+    def layout(self, world_size: int) -> ParallelLayout:
+        raise NotImplementedError
+
+    def check_model(self, model_cfg, layout: ParallelLayout) -> None:
+        """What the model must satisfy for this layout (compile calls it, before any process group)."""
+
+    def fabric_precision(self, precision: str) -> str:
+        """The precision Fabric applies on top of the strategy's own casting."""
+        return precision
+
+    def init_on_meta(self, parameters: int) -> bool:
+        """Create the model on the meta device and initialise it after sharding."""
+        return False
+
+    def fabric_strategy(self, layout: ParallelLayout, precision: str):
+        """What lightning.Fabric gets as `strategy=`."""
+        raise NotImplementedError

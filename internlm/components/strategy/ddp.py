@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from internlm.components.strategy.base import ParallelLayout
+from internlm.components.strategy.base import ParallelLayout, Strategy
 from internlm.registry import register
 
 
@@ -14,7 +14,7 @@ class DDPConfig:
 
 
 @register("strategy", "ddp", DDPConfig)
-class DDP:
+class DDP(Strategy):
     """Every rank holds the whole model and optimizer; only the data differs."""
 
     def __init__(self, config: DDPConfig):
@@ -23,10 +23,8 @@ class DDP:
     def layout(self, world_size: int) -> ParallelLayout:
         return ParallelLayout(replicate=world_size)
 
-    def fabric_strategy(self, layout: ParallelLayout):
+    def fabric_strategy(self, layout: ParallelLayout, precision: str):
         from lightning.fabric.strategies import DDPStrategy
 
         return DDPStrategy(bucket_cap_mb=self.config.bucket_cap_mb)
 
-    def parallelize(self, model, mesh, plan):
-        return model

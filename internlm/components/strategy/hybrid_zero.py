@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from internlm.components.strategy.base import ParallelLayout
+from internlm.components.strategy.base import ParallelLayout, Strategy
 from internlm.components.strategy.tensor_parallel import check_tensor_parallel
 from internlm.errors import ConfigError
 from internlm.registry import register
@@ -32,7 +32,7 @@ class HybridZeroConfig:
 
 
 @register("strategy", "hybrid_zero", HybridZeroConfig)
-class HybridZero:
+class HybridZero(Strategy):
     """FSDP2 sharding inside groups of `shard_group_size` ranks, replicated across groups (HSDP); + tensor parallel."""
 
     def __init__(self, config: HybridZeroConfig):
@@ -77,7 +77,7 @@ class HybridZero:
     def init_on_meta(self, parameters: int) -> bool:
         return parameters > self.config.meta_init_above
 
-    def fabric_strategy(self, layout: ParallelLayout, precision: str = "32-true"):
+    def fabric_strategy(self, layout: ParallelLayout, precision: str):
         from lightning.fabric.strategies import ModelParallelStrategy
 
         from internlm.components.strategy.gradient_sync import ShardedGradientAccumulation

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from internlm.components.strategy.base import ParallelLayout
+from internlm.components.strategy.base import ParallelLayout, Strategy
 from internlm.errors import ConfigError
 from internlm.registry import register
 
@@ -15,7 +15,7 @@ class SingleDeviceConfig:
 
 
 @register("strategy", "single", SingleDeviceConfig)
-class SingleDevice:
+class SingleDevice(Strategy):
     """No parallelism: the model and its optimizer state live on one device."""
 
     def __init__(self, config: SingleDeviceConfig):
@@ -30,8 +30,5 @@ class SingleDevice:
             )
         return ParallelLayout()
 
-    def fabric_strategy(self, layout: ParallelLayout):
+    def fabric_strategy(self, layout: ParallelLayout, precision: str):
         return "auto"
-
-    def parallelize(self, model, mesh, plan):
-        return model
