@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from internlm.components.data.batch import IGNORE_INDEX, cu_seqlens_from_positions  # noqa: E402
+from internlm.batch import IGNORE_INDEX, cu_seqlens_from_positions  # noqa: E402
 from internlm.components.model import attention_backends  # noqa: E402
 from internlm.components.model.attention import AttentionConfig  # noqa: E402
 from internlm.components.model.fused_ops import KernelsConfig, apply_kernels, resolve_kernels  # noqa: E402

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
-from internlm.components.data.batch import Batch
+from internlm.batch import Batch
 
 
 @dataclass

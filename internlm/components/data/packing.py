@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from internlm.components.data.batch import IGNORE_INDEX, Batch, cu_seqlens_from_positions
+from internlm.batch import IGNORE_INDEX, Batch, cu_seqlens_from_positions
 
 
 @dataclass

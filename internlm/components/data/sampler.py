@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from internlm.components.data.batch import Batch
+from internlm.batch import Batch
 from internlm.components.data.packing import RowSet, Rows, SubsetRows, split_train_val
 from internlm.errors import ConfigError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from internlm.components.data.batch import IGNORE_INDEX
+from internlm.batch import IGNORE_INDEX
 
 __all__ = ["IGNORE_INDEX", "compute_dtype", "count_labelled"]
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from internlm.components.model import attention_backends
-from internlm.components.model.documents import DocumentLayout
+from internlm.document_layout import DocumentLayout
 from internlm.components.model.rotary import RotaryConfig, RotaryEmbedding, apply_rotary
 from internlm.registry import register
 

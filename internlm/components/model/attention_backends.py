@@ -33,8 +33,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from internlm.components.data.batch import cu_seqlens_on
-from internlm.components.model.documents import DocumentLayout
+from internlm.batch import cu_seqlens_on
+from internlm.document_layout import DocumentLayout
 from internlm.errors import ConfigError
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, DocumentLayout, float], torch.Tensor]

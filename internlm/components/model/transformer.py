@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from internlm.components.model.attention import AttentionConfig, SelfAttention, build_rotary
-from internlm.components.model.documents import DocumentLayout
+from internlm.document_layout import DocumentLayout
 from internlm.components.model.fused_ops import KernelsConfig
 from internlm.components.model.mlp import MLPConfig, SwiGLU
 from internlm.components.model.norm import NormConfig, RMSNorm

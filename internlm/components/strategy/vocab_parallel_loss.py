@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from internlm.components.data.batch import IGNORE_INDEX
+from internlm.batch import IGNORE_INDEX
 
 
 class _CopyToTensorParallel(torch.autograd.Function):

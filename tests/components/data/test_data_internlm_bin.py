@@ -7,7 +7,7 @@ import pytest
 from datahelpers import write_bin
 
 from internlm import registry
-from internlm.components.data.batch import IGNORE_INDEX as X
+from internlm.batch import IGNORE_INDEX as X
 from internlm.components.data.internlm_bin import InternLMBinConfig, InternLMBinData
 from internlm.errors import ConfigError
 

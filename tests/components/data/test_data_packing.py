@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from internlm.components.data.batch import IGNORE_INDEX as X
+from internlm.batch import IGNORE_INDEX as X
 from internlm.components.data.packing import ConcatRows, StreamRows, SubsetRows, lay_out_samples, split_train_val
 
 # Three documents (2 = EOS): A = 10 11 12 2 | B = 20 21 2 | C = 30 31 32 33 34 2

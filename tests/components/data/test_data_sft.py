@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from internlm import registry
-from internlm.components.data.batch import IGNORE_INDEX
+from internlm.batch import IGNORE_INDEX
 from internlm.components.data.preference import read_preference_pairs
 from internlm.components.data.sft import SFTData, SFTDataConfig
 from internlm.errors import ConfigError

@@ -7,7 +7,7 @@ import pytest
 from datahelpers import random_documents, write_jsonl
 
 from internlm import registry
-from internlm.components.data.batch import IGNORE_INDEX
+from internlm.batch import IGNORE_INDEX
 from internlm.components.data.store import StoreData, StoreDataConfig
 from internlm.errors import ConfigError
 from internlm.tasks.prepare_data import PrepareConfig, prepare_data

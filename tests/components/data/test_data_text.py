@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from internlm import registry
-from internlm.components.data.batch import IGNORE_INDEX
+from internlm.batch import IGNORE_INDEX
 from internlm.components.data.text import TextData, TextDataConfig
 from internlm.errors import ConfigError
 

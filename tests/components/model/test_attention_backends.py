@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from internlm.components.model import attention_backends as ab
-from internlm.components.model.documents import DocumentLayout
+from internlm.document_layout import DocumentLayout
 from internlm.errors import ConfigError
 
 CPU = torch.device("cpu")

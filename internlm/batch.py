@@ -1,4 +1,5 @@
-"""The one batch format every data source produces and every task consumes."""
+"""The batch contract: the one batch format every data source produces and every model, loss,
+objective and task consumes. Ground floor: it imports nothing from the project."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""What one training step computes: objectives for the shared fit loop (next_token, dpo, ...)."""
