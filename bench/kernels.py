@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from internlm.components.model import attention_backends, fused_ops  # noqa: E402
 from internlm.document_layout import DocumentLayout  # noqa: E402
-from internlm.runtime import flops  # noqa: E402
+from internlm.planning import flops  # noqa: E402
 
 COPY_BW = 4.3e12  # bytes/s, measured on an H200 here (KINDS.md); replaced by `ceilings` when it runs
 

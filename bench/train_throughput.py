@@ -41,7 +41,7 @@ from internlm.components.model.fused_ops import KernelsConfig, apply_kernels, re
 from internlm.components.model.mlp import MLPConfig  # noqa: E402
 from internlm.components.model.rotary import RotaryConfig, RotaryEmbedding  # noqa: E402
 from internlm.components.model.transformer import Transformer, TransformerConfig  # noqa: E402
-from internlm.runtime import flops  # noqa: E402
+from internlm.planning import flops  # noqa: E402
 from internlm.runtime.activation_checkpointing import apply_activation_checkpointing  # noqa: E402
 from internlm.runtime.torch_compile import compile_blocks, compile_stats  # noqa: E402
 

@@ -13,12 +13,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-import internlm.components  # noqa: F401  (registers every component and task)
 from internlm.config import store_root_schema
 from internlm.errors import ConfigError
 from internlm.paths import conf_dir
-from internlm.preflight import check_overrides
-from internlm.program import run
+from internlm.preflight import check_overrides, rewrite_deprecated
+from internlm.program import run_program
 
 store_root_schema()
 log = logging.getLogger("internlm")
@@ -29,7 +28,7 @@ def hydra_entry(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     try:
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        run_program(cfg, Path(HydraConfig.get().runtime.output_dir))
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         sys.exit(2)
@@ -37,6 +36,7 @@ def hydra_entry(cfg: DictConfig) -> None:
 
 def main() -> None:
     try:
+        sys.argv[1:] = rewrite_deprecated(sys.argv[1:])
         check_overrides(sys.argv[1:])
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)

@@ -1,10 +1,8 @@
-"""For Python users and notebooks: load a trained model and its tokenizer from a run or checkpoint.
+"""For Python users and notebooks: run a task, or load a trained model and its tokenizer.
 
     model, tokenizer = internlm.load("outputs/2026-11-28/10-00-00")
     logits = model(torch.tensor([tokenizer.encode("Hello", bos=True)]))
-
-Configs read back from a checkpoint only ever become registered dataclasses: nothing in them is
-imported or executed.
+    internlm.api.run(["model.num_layers=2", "trainer.max_steps=10"], run_dir="outputs/try")
 """
 
 from __future__ import annotations
@@ -12,74 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-from omegaconf import OmegaConf
-
-import internlm.components  # noqa: F401  (registers every component)
-from internlm import registry
-from internlm.errors import ConfigError
-from internlm.runtime import checkpoint as ckpt
-
-
-def typed_section(group: str, name: str, values: dict) -> Any:
-    """A saved config section as its component's dataclass (unknown keys are refused)."""
-    schema = OmegaConf.structured(registry.get(group, name).config)
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(schema, values))
-    except Exception as exc:
-        raise ConfigError(f"checkpoint config section '{group}' does not fit {name}: {exc}") from None
-
-
-def model_tensors(checkpoint: Path):
-    """A source of (name, full tensor) for the model of a checkpoint, read one tensor at a time
-    (no process group, no gathering on a GPU, whatever world size wrote it)."""
-    from internlm.interop.dcp_source import dcp_model_tensors
-
-    return dcp_model_tensors(checkpoint / "state")
-
-
-def load_model_state(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """The model's full (unsharded) state dict from a checkpoint, on the CPU."""
-    return dict(model_tensors(checkpoint)())
-
-
-def checkpoint_model_config(checkpoint: Path) -> tuple[Any, Any]:
-    """(typed model config, tokenizer) as the checkpoint was trained with."""
-    names = ckpt.read_meta(checkpoint)["components"]
-    saved = ckpt.read_config(checkpoint)
-    model_cfg = typed_section("model", names["model"], saved["model"])
-    model_cfg.init_from = None  # the checkpoint holds the weights
-    tokenizer = registry.build(typed_section("tokenizer", names["tokenizer"], saved["tokenizer"]))
-    return model_cfg, tokenizer
-
-
-def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
-    """(model in eval mode, tokenizer) from a checkpoint folder or the newest one of a run folder."""
-    checkpoint = ckpt.find_checkpoint(str(path), Path(path))
-    model_cfg, tokenizer = checkpoint_model_config(checkpoint)
-    with torch.device("meta"):
-        model = registry.build(model_cfg)
-    model = model.to_empty(device=device)
-    model.rotary.reset_parameters()  # buffers are not in the state dict
-    missing, unexpected = model.load_state_dict(load_model_state(checkpoint), strict=False)
-    missing = [k for k in missing if not (model_cfg.tie_embeddings and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise ConfigError(
-            f"checkpoint {checkpoint} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    return model.eval(), tokenizer
+from internlm.preflight import check_overrides, compose as hydra_compose
+from internlm.program import run_program
+from internlm.runtime.saved_run import load  # noqa: F401  (public: internlm.load)
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()):
     """The composed (not yet compiled) config for these overrides, checked like the CLI's."""
-    from internlm.preflight import check_overrides, compose as hydra_compose
-
     check_overrides(list(overrides))
     return hydra_compose(list(overrides))
 
 
 def run(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path = "outputs/api") -> Any:
     """Run a task as `python -m internlm <overrides>` would, with `run_dir` as the run folder."""
-    from internlm.program import run as run_program
-
     return run_program(compose(overrides), Path(run_dir))

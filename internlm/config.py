@@ -1,8 +1,11 @@
 """The root schema: what `conf/config.yaml` composes, typed.
 
-Each component group (model, tokenizer, data, optimizer, scheduler, loss, strategy, task) holds
-one registered component's config; Hydra checks every value against that component's dataclass
-while composing. `trainer` is the one fixed schema: how the program runs, whatever the task.
+Each component group (task, model, tokenizer, data, objective, optimizer, scheduler, loss,
+strategy) holds one registered component's config; Hydra checks every value against that
+component's dataclass while composing. `trainer` is the one fixed schema: how the program runs,
+whatever the task. A task's own options live under `task.*` (its config dataclass).
+
+Ground floor: this module imports nothing from the project.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from internlm.tasks.export_hf import ExportConfig
-from internlm.tasks.prepare_data import PrepareConfig
+LOGGERS = ("csv", "tensorboard")  # what trainer.loggers may name
+AC_POLICIES = ("none", "full", "selective", "op")  # trainer.activation_checkpointing
 
 
 @dataclass
@@ -48,14 +51,13 @@ class RootConfig:
     model: Any = None
     tokenizer: Any = None
     data: Any = None
+    objective: Any = None  # what a training step computes (next_token, dpo, ...)
     optimizer: Any = None
     scheduler: Any = None
     loss: Any = None
     strategy: Any = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    checkpoint: str | None = None  # a checkpoint or run folder to read (generate, export_hf)
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)  # task=prepare_data: raw text -> token store
-    export: ExportConfig = field(default_factory=ExportConfig)  # task=export_hf: checkpoint -> Hugging Face folder
+    checkpoint: str | None = None  # what inference tasks read: a run folder, a checkpoint folder or hf:<dir>
 
 
 # The groups that hold a registered component (typed Any above: each holds its own dataclass).

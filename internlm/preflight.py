@@ -10,6 +10,26 @@ from internlm.paths import conf_dir
 
 _MISSING = object()
 
+# Old spellings kept for one release: the options of these tasks moved under `task.*`.
+DEPRECATED_ROOTS = {"prepare.": "task.", "export.": "task."}
+
+
+def rewrite_deprecated(argv: list[str]) -> list[str]:
+    """`prepare.input=...` -> `task.input=...` (and `export.*`), with a one-line note each."""
+    import sys
+
+    out = []
+    for arg in argv:
+        for old, new in DEPRECATED_ROOTS.items():
+            bare = arg.lstrip("+~")
+            if bare.startswith(old):
+                fixed = arg[: len(arg) - len(bare)] + new + bare[len(old):]
+                print(f"note: '{arg.split('=')[0]}' is deprecated; use '{fixed.split('=')[0]}' (options of the task live under task.*)", file=sys.stderr)
+                arg = fixed
+                break
+        out.append(arg)
+    return out
+
 
 def split_overrides(argv: list[str]) -> tuple[list[str], bool]:
     """Hydra's own parser separates flags (--cfg, -m, ...) from key=value overrides."""
@@ -22,6 +42,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], bool]:
 def compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose, initialize_config_dir
 
+    import internlm.tasks  # noqa: F401  (registers every schema the composition needs)
     from internlm.config import store_root_schema
 
     store_root_schema()

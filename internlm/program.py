@@ -1,4 +1,8 @@
-"""The path of one run, whatever the entry point (CLI, tests, notebooks)."""
+"""The path of one run, whatever the entry point (CLI, tests, notebooks):
+
+    typed config -> light pieces built once -> facts probed once -> compile (pure) -> the task's
+    run-folder check -> plan.yaml -> the task runs with the pieces handed on
+"""
 
 from __future__ import annotations
 
@@ -6,33 +10,58 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
+import internlm.tasks  # noqa: F401  (registers every task and component)
 from internlm import registry
-from internlm.compile import compile_plan, to_typed, write_plan
-from internlm.runtime.workbench import Workbench
-from internlm.tasks.base import RunContext
+from internlm.components.model import attention_backends
+from internlm.config import RootConfig
+from internlm.planning import Facts, compile_plan, to_typed, write_plan
+from internlm.runtime.parts import RunParts
+from internlm.tasks.base import RunContext, Task
 
 log = logging.getLogger("internlm")
 
 
-def tokenizer_vocab(config) -> int | None:
-    """The tokenizer's vocabulary size, for the compile check; a missing or corrupt tokenizer file
-    is reported here, before anything heavy starts."""
-    return registry.build(config.tokenizer).vocab_size
+def probe_facts(tokenizer=None) -> Facts:
+    """What compile may know about this machine: asked once, here, and nowhere else."""
+    cuda = torch.cuda.is_available()
+    attention = {"cpu": attention_backends.availability(torch.device("cpu"))}
+    if cuda:
+        attention["cuda"] = attention_backends.availability(torch.device("cuda"))
+    return Facts(
+        cuda_available=cuda,
+        device_name=torch.cuda.get_device_name() if cuda else "cpu",
+        capability=torch.cuda.get_device_capability() if cuda else None,
+        attention=attention,
+        tokenizer_vocab=tokenizer.vocab_size if tokenizer is not None else None,
+    )
 
 
-def run(cfg: DictConfig, run_dir: Path) -> Any:
+def build_pieces(config: RootConfig, task: Task) -> dict[str, Any]:
+    """The components compile asks and the run reuses: cheap objects, no device, no data. A missing
+    or corrupt tokenizer file is reported here, before anything heavy starts."""
+    pieces = {"strategy": registry.build(config.strategy)}
+    if task.needs_tokenizer:
+        pieces["tokenizer"] = registry.build(config.tokenizer)
+    if task.trains:
+        pieces["optimizer"] = registry.build(config.optimizer)  # resolves optimizer.target against the allowlist
+        pieces["scheduler"] = registry.build(config.scheduler)
+    return pieces
+
+
+def run_program(cfg: DictConfig, run_dir: Path) -> Any:
     """Compile `cfg`, write plan.yaml into `run_dir`, then run the task."""
     config = to_typed(cfg)
-    needs_tokenizer = registry.component_of(config.task).name not in ("components", "train_tokenizer")
-    plan = compile_plan(config, tokenizer_vocab(config) if needs_tokenizer else None)
     task = registry.build(config.task)
-    if hasattr(task, "check_run_folder"):  # e.g. pretrain: resume rules, checked before writing
-        task.check_run_folder(config, cfg, run_dir)
+    pieces = build_pieces(config, task)
+    facts = probe_facts(pieces.get("tokenizer"))
+    plan = compile_plan(config, facts, pieces["strategy"], pieces.get("scheduler"), trains=task.trains)
+    task.check_run_folder(config, cfg, run_dir)  # e.g. resume rules, before anything is written
     for note in plan.warnings:
         log.warning(note)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_plan(run_dir / "plan.yaml", cfg, plan)
-    ctx = RunContext(config=config, raw=cfg, plan=plan, run_dir=run_dir, bench=Workbench(config, plan, run_dir))
+    ctx = RunContext(config=config, raw=cfg, plan=plan, run_dir=run_dir, parts=RunParts(config, plan, run_dir, pieces))
     return task.run(ctx)

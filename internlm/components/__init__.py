@@ -1,9 +1,8 @@
-"""Importing this package registers every component (and task) with the registry."""
+"""Importing this package registers every component with the registry (tasks register in
+`internlm.tasks`, a floor above)."""
 
 import importlib
 import pkgutil
-
-import internlm.tasks
 
 
 def _import_all(package) -> None:
@@ -12,4 +11,3 @@ def _import_all(package) -> None:
 
 
 _import_all(importlib.import_module(__name__))
-_import_all(internlm.tasks)

@@ -64,7 +64,7 @@ def export_hf(
         bos_token_id=ids.bos_id if ids else 1,
         eos_token_id=ids.eos_id if ids else 2,
     )
-    with staged_folder(out_dir, where="export.dir") as staging:
+    with staged_folder(out_dir, where="task.dir") as staging:
         _write_weights(state, expected, config.tie_embeddings, dtype, staging, max_shard_bytes)
         (staging / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
         stops = list(ids.stop_ids) if ids else [hf_config["eos_token_id"]]
@@ -135,5 +135,5 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
         return DTYPES[str(dtype).removeprefix("torch.")]
     except KeyError:
         raise ConfigError(
-            f"unknown export dtype {dtype!r}", where="export.dtype", fix=f"use one of: {', '.join(DTYPES)}"
+            f"unknown export dtype {dtype!r}", where="task.dtype", fix=f"use one of: {', '.join(DTYPES)}"
         ) from None

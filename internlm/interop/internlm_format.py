@@ -198,7 +198,7 @@ def save_internlm_checkpoint(
     counts = stage_layer_counts(config.num_layers, pp)
     first_layers = [sum(counts[:stage]) for stage in range(pp)]
     paths = []
-    with staged_folder(folder, where="export.dir") as staging:
+    with staged_folder(folder, where="task.dir") as staging:
         for stage in range(pp):
             for rank in range(tp):
                 shard = _stage_shard(state, config, rank, tp, stage, pp, first_layers[stage], counts[stage])

@@ -28,9 +28,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from internlm.config import AC_POLICIES as POLICIES
 from internlm.errors import ConfigError
-
-POLICIES = ("none", "full", "selective", "op")
 
 
 def transformer_blocks(model: nn.Module) -> Iterator[nn.Module]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import resource
 import time
+import warnings
+from pathlib import Path
 
 import torch
 
-from internlm.runtime.flops import peak_flops
+from internlm.planning.flops import peak_flops
 
 
 class StepTimer:
@@ -42,13 +45,18 @@ def throughput(tokens_per_step: int, seconds: float, world_size: int, flops_per_
     return out
 
 
-def keep_csv_history(logger, step: int) -> None:
+def keep_csv_history(loggers, step: int) -> None:
     """On resume: keep the metrics the earlier run logged up to `step`. Lightning's CSV logger
     deletes an existing metrics.csv when it starts; hand it the old rows to write again, and drop
     the rows a crashed run logged past its last checkpoint (the resumed run logs them anew)."""
-    import csv
-    from pathlib import Path
+    from lightning.fabric.loggers import CSVLogger
 
+    for logger in loggers:
+        if isinstance(logger, CSVLogger):
+            _keep_rows(logger, step)
+
+
+def _keep_rows(logger, step: int) -> None:
     path = Path(logger.log_dir) / "metrics.csv"
     rows = []
     if path.is_file():
@@ -58,8 +66,6 @@ def keep_csv_history(logger, step: int) -> None:
                 for row in csv.DictReader(handle)
                 if int(float(row["step"])) <= step
             ]
-    import warnings
-
     with warnings.catch_warnings():  # its "previous log files will be deleted": not so, see above
         warnings.filterwarnings("ignore", message="Experiment logs directory")
         writer = logger.experiment  # created now: this is when the old file is removed

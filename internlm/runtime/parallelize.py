@@ -6,7 +6,8 @@
     initialise_shards(model, leaves, device)            # meta-device models only
 
 Order matters as in torchtitan: tensor parallelism first (it replaces parameters with DTensors),
-then FSDP2 shards those over the data-parallel dimensions. `parallelize_model` runs the lot.
+then FSDP2 shards those over the data-parallel dimensions. The order of these steps among all the
+others lives in one place: `internlm/runtime/assembly.py`.
 
 Sequence parallelism: between blocks the residual stream is split along the sequence across the
 tensor-parallel ranks ([B, S/tp, H]); each attention and MLP gathers it, and its row-parallel
@@ -65,11 +66,10 @@ def _block_plan():
 
 
 def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
-    """Megatron-style tensor parallelism with sequence-parallel norms and a vocab-parallel loss."""
+    """Megatron-style tensor parallelism with sequence-parallel norms; the LM head's rows (the
+    vocabulary) stay split, so the model must have been built with a vocab-parallel loss."""
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import ColwiseParallel, PrepareModuleOutput, RowwiseParallel, SequenceParallel, parallelize_module
-
-    from internlm.components.strategy.vocab_parallel_loss import VocabParallelCrossEntropy
 
     tp = tp_mesh.size()
     parallelize_module(
@@ -90,8 +90,6 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
         attention = block.self_attn  # its projections now return this rank's heads only
         attention.num_heads //= tp
         attention.num_kv_heads //= tp
-    model.loss_fn = VocabParallelCrossEntropy(tp_mesh)
-    log.info("tensor_parallel=%d: the loss is a vocab-parallel cross-entropy (the loss component is not used)", tp)
     pad_sequence_to_multiple(model, tp)
 
 
@@ -100,7 +98,7 @@ def pad_sequence_to_multiple(model: nn.Module, multiple: int) -> None:
     tensor-parallel size (a generation prompt) at the end, and crop the logits back. The padding
     continues the last document, so causal attention keeps it out of every real token's view, and
     its labels take no loss."""
-    from internlm.components.data.batch import IGNORE_INDEX
+    from internlm.batch import IGNORE_INDEX
 
     signature = inspect.signature(type(model).forward)
 
@@ -219,27 +217,3 @@ def current_device(device_type: str) -> torch.device:
     if device_type == "cuda":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(device_type)
-
-
-def parallelize_model(
-    model: nn.Module,
-    layout: ParallelLayout,
-    *,
-    device_type: str,
-    bf16_compute: bool = False,
-    reshard_after_forward: bool = True,
-    prefetch: int = 1,
-) -> nn.Module:
-    """Tensor parallel (if any), then FSDP2 over the data-parallel dimensions; a model built on
-    the meta device is materialised and initialised shard by shard afterwards."""
-    mesh = build_mesh(layout, device_type)
-    on_meta = any(p.is_meta for p in model.parameters())
-    leaves = leaf_modules(model) if on_meta else {}
-    if layout.tensor > 1:
-        apply_tensor_parallel(model, mesh["tensor"])
-    # Without sharding there is nothing to free after the forward, only gathers to repeat.
-    reshard = reshard_after_forward and layout.shard > 1
-    apply_fsdp(model, data_parallel_mesh(mesh, layout), bf16_compute=bf16_compute, reshard_after_forward=reshard, prefetch=prefetch)
-    if on_meta:
-        initialise_shards(model, leaves, current_device(device_type), torch.initial_seed())
-    return model

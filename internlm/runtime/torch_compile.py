@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from internlm.components.model import attention_backends
-from internlm.components.model.documents import DocumentLayout
+from internlm.document_layout import DocumentLayout
 from internlm.runtime.activation_checkpointing import transformer_blocks
 
 

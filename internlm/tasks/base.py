@@ -1,18 +1,31 @@
-"""What a task receives: the typed config, the compiled plan, the run folder, and a workbench
-that builds components on first use (a `task=plan` builds nothing, a pretrain builds it all)."""
+"""The task protocol: what a task declares it needs, and what it receives.
+
+A task is a registered component (`task=<name>`, options under `task.*`). It declares, as class
+attributes, what the program must prepare before it runs; the program asks these instead of
+keeping lists of task names:
+
+* `needs_tokenizer`: the configured tokenizer is built (and its vocabulary checked against the
+  model) before the task runs.
+* `trains`: the task runs the training loop, so the batch layout (global batch / micro batch /
+  data-parallel ranks), the optimizer's schedule and the memory estimate are part of its plan.
+  Tasks that only read a model (generate, export, serve, eval) are not checked against them.
+
+`check_run_folder` runs after compile and before plan.yaml is written: a task refuses a run folder
+it must not touch (pretraining over an earlier run's checkpoints) while nothing has been written.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, ClassVar
 
-if TYPE_CHECKING:  # annotations only: the root config imports task modules, so no import cycle here
-    from omegaconf import DictConfig
+from omegaconf import DictConfig
 
-    from internlm.compile import Plan
-    from internlm.config import RootConfig
-    from internlm.runtime.workbench import Workbench
+from internlm import registry
+from internlm.config import COMPONENT_GROUPS, RootConfig
+from internlm.planning import Plan
+from internlm.runtime.parts import RunParts
 
 
 @dataclass
@@ -21,19 +34,26 @@ class RunContext:
     raw: DictConfig  # the same config as composed (saved beside checkpoints)
     plan: Plan
     run_dir: Path
-    bench: Workbench
+    parts: RunParts  # the run's components, each built once, on first use
 
     @property
     def components(self) -> dict[str, str]:
         """Group -> registered component name, for every component group of the config."""
-        from internlm import registry
-        from internlm.config import COMPONENT_GROUPS
-
         nodes = {group: getattr(self.config, group) for group in COMPONENT_GROUPS}
         return {group: registry.component_of(node).name for group, node in nodes.items() if node is not None}
 
 
-class Task(Protocol):
-    def __init__(self, config: Any): ...
+class Task:
+    """Base of every task: `__init__(config)` keeps the task's own options, `run(ctx)` does the work."""
 
-    def run(self, ctx: RunContext) -> Any: ...
+    needs_tokenizer: ClassVar[bool] = True
+    trains: ClassVar[bool] = False
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    def check_run_folder(self, config: RootConfig, raw: DictConfig, run_dir: Path) -> None:
+        """Refuse a run folder before anything is written (default: any folder will do)."""
+
+    def run(self, ctx: RunContext) -> Any:
+        raise NotImplementedError

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from internlm import registry
 from internlm.registry import register
-from internlm.tasks.base import RunContext
+from internlm.tasks.base import RunContext, Task
 
 
 @dataclass
@@ -45,11 +45,11 @@ def render(only_group: str | None = None) -> str:
 
 
 @register("task", "components", ComponentsConfig)
-class Components:
+class Components(Task):
+    needs_tokenizer = False
+
     """Print the registry: what exists and how to configure it."""
 
-    def __init__(self, config: ComponentsConfig):
-        self.config = config
 
     def run(self, ctx: RunContext) -> str:
         text = render(self.config.group)

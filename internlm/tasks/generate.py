@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from internlm.errors import ConfigError
 from internlm.registry import register
 from internlm.runtime.generation import generate
-from internlm.tasks.base import RunContext
+from internlm.tasks.base import RunContext, Task
 
 
 @dataclass
@@ -20,14 +20,14 @@ class GenerateConfig:
 
 
 @register("task", "generate", GenerateConfig)
-class Generate:
+class Generate(Task):
+    needs_tokenizer = False  # the checkpoint brings its own
+
     """Load a checkpoint and print a greedy or sampled continuation of a prompt."""
 
-    def __init__(self, config: GenerateConfig):
-        self.config = config
 
     def run(self, ctx: RunContext) -> str:
-        from internlm.api import load
+        from internlm.runtime.saved_run import load
 
         if not ctx.config.checkpoint:
             raise ConfigError(

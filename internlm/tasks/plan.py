@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from internlm.registry import register
-from internlm.tasks.base import RunContext
+from internlm.tasks.base import RunContext, Task
 
 
 @dataclass
@@ -34,11 +34,11 @@ def describe(plan) -> str:
 
 
 @register("task", "plan", PlanConfig)
-class PlanTask:
+class PlanTask(Task):
+    trains = True  # it shows the training plan: batch layout, schedule, memory
+
     """Show what a run would be: `python -m internlm task=plan model=internlm_7b`."""
 
-    def __init__(self, config: PlanConfig):
-        self.config = config
 
     def run(self, ctx: RunContext) -> str:
         text = describe(ctx.plan)

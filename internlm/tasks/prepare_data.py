@@ -1,6 +1,6 @@
 """Tokenize raw text once into a sharded token store that `data=store` trains on.
 
-``python -m internlm task=prepare_data prepare.input='[corpus/*.jsonl]' prepare.output=data/store``
+``python -m internlm task=prepare_data task.input='[corpus/*.jsonl]' task.output=data/store``
 
 Runs on worker processes (all cores by default) with a progress bar in tokens/s, and resumes: run
 the same command again after an interruption and only the unfinished shards are redone.
@@ -16,12 +16,13 @@ from internlm.components.data.documents import check_on_error, resolve_files
 from internlm.components.data.store_writer import Settings, write_store
 from internlm.errors import ConfigError
 from internlm.registry import register
+from internlm.tasks.base import Task
 
 log = logging.getLogger("internlm")
 
 
 @dataclass
-class PrepareConfig:
+class PrepareDataConfig:
     input: list[str] = field(default_factory=list)  # .jsonl/.txt files, folders or globs (a .txt file is one document)
     output: str = ""  # the store folder (created; a rerun with the same inputs resumes it)
     text_field: str = "text"  # JSONL key that holds a document
@@ -34,17 +35,17 @@ class PrepareConfig:
     progress: bool = True  # show a progress bar with tokens/s
 
 
-def prepare_data(config: PrepareConfig, tokenizer) -> dict:
+def prepare_data(config: PrepareDataConfig, tokenizer) -> dict:
     """Prepare (or finish) the store; returns a summary: documents, tokens, shards, skipped per
     reason, seconds and tokens/s of this run."""
     if not config.input:
-        raise ConfigError("no input files given", where="prepare.input", fix="set prepare.input='[data/*.jsonl]'")
+        raise ConfigError("no input files given", where="task.input", fix="set task.input='[data/*.jsonl]'")
     if not config.output:
-        raise ConfigError("no output folder given", where="prepare.output", fix="set prepare.output=<folder>")
+        raise ConfigError("no output folder given", where="task.output", fix="set task.output=<folder>")
     if config.shard_mb <= 0:
-        raise ConfigError(f"shard_mb must be positive, got {config.shard_mb}", where="prepare.shard_mb", fix="e.g. 32")
-    check_on_error(config.on_error, "prepare.on_error")
-    files = resolve_files(config.input, "prepare.input")
+        raise ConfigError(f"shard_mb must be positive, got {config.shard_mb}", where="task.shard_mb", fix="e.g. 32")
+    check_on_error(config.on_error, "task.on_error")
+    files = resolve_files(config.input, "task.input")
     settings = Settings(
         text_field=config.text_field,
         add_bos=config.add_bos,
@@ -77,17 +78,10 @@ def prepare_data(config: PrepareConfig, tokenizer) -> dict:
     return summary
 
 
-@dataclass
-class PrepareDataConfig:
-    pass
-
-
 @register("task", "prepare_data", PrepareDataConfig)
-class PrepareData:
-    """Tokenize raw files into a sharded token store (options under `prepare.*`)."""
+class PrepareData(Task):
+    """Tokenize raw files into a sharded token store (options under `task.*`)."""
 
-    def __init__(self, config: PrepareDataConfig):
-        self.config = config
 
     def run(self, ctx) -> dict:
-        return prepare_data(ctx.config.prepare, ctx.bench.tokenizer)
+        return prepare_data(self.config, ctx.parts.tokenizer)

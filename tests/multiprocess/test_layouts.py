@@ -9,7 +9,7 @@ import pytest
 
 from internlm import registry
 from internlm.api import compose
-from internlm.compile import to_typed
+from internlm.planning import to_typed
 from internlm.components.strategy.base import ParallelLayout
 from internlm.errors import ConfigError
 

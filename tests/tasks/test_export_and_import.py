@@ -24,7 +24,7 @@ def test_export_answers_the_same_greedy_continuation_in_stock_transformers(train
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "hf"
-    run(["task=export_hf", f"checkpoint={trained_run}", f"export.dir={out}", "export.dtype=float32"], tmp_path / "export")
+    run(["task=export_hf", f"checkpoint={trained_run}", f"task.dir={out}", "task.dtype=float32"], tmp_path / "export")
     hf_model = AutoModelForCausalLM.from_pretrained(out).eval()
     hf_tokenizer = AutoTokenizer.from_pretrained(out)
 
@@ -41,13 +41,13 @@ def test_export_refuses_to_overwrite_a_folder_with_content(trained_run, tmp_path
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(ConfigError):
-        run(["task=export_hf", f"checkpoint={trained_run}", f"export.dir={out}"], tmp_path / "export")
+        run(["task=export_hf", f"checkpoint={trained_run}", f"task.dir={out}"], tmp_path / "export")
     assert (out / "keep.txt").read_text() == "mine"
 
 
 def test_init_from_hf_starts_from_the_exported_weights(trained_run, tmp_path):
     out = tmp_path / "hf"
-    run(["task=export_hf", f"checkpoint={trained_run}", f"export.dir={out}", "export.dtype=float32"], tmp_path / "export")
+    run(["task=export_hf", f"checkpoint={trained_run}", f"task.dir={out}", "task.dtype=float32"], tmp_path / "export")
     from tests.conftest import FAST
 
     continued = run(FAST + ["trainer.max_steps=1", f"model.init_from=hf:{out}", "trainer.checkpoint_every=0"], tmp_path / "continued")

@@ -65,7 +65,7 @@ def open_store(store: Path, tokenizer, seq_len: int, where: str, verify: bool = 
             raise ConfigError(
                 f"shard {index} of {store} is missing or damaged",
                 where=where,
-                fix="prepare the store again (prepare.overwrite=true)",
+                fix="prepare the store again (task.overwrite=true)",
             )
         if entry["tokens"] <= seq_len:
             continue  # too short for one row

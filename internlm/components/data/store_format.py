@@ -74,7 +74,7 @@ def read_manifest(store: Path, where: str) -> dict:
         raise ConfigError(
             f"{store} is not a token store (no {MANIFEST})",
             where=where,
-            fix="make one with: python -m internlm task=prepare_data prepare.input=<files> prepare.output=<dir>",
+            fix="make one with: python -m internlm task=prepare_data task.input=<files> task.output=<dir>",
         )
     try:
         manifest = json.loads(path.read_text())

@@ -35,7 +35,7 @@ from internlm.components.data.documents import (
 from internlm.components.data.encoding import join_documents, token_dtype
 from internlm.errors import ConfigError
 
-WHERE = "prepare.input"
+WHERE = "task.input"
 ENCODE_CHUNK_CHARS = 1 << 20  # documents handed to the tokenizer at once (~1 MB of text)
 
 
@@ -264,8 +264,8 @@ def write_store(
         raise ConfigError(
             f"a prepare_data worker died (killed, or out of memory); {len(manifest['shards'])} of "
             f"{len(manifest['plan'])} shards are finished and kept",
-            where="prepare.workers",
-            fix="run the same command again to finish; fewer workers or a smaller prepare.shard_mb need less memory",
+            where="task.workers",
+            fix="run the same command again to finish; fewer workers or a smaller task.shard_mb need less memory",
         ) from None
     finally:
         if bar is not None:
@@ -309,11 +309,11 @@ def _adopt_existing(output: Path, manifest: dict, overwrite: bool) -> dict:
         if strangers:
             raise ConfigError(
                 f"output folder {output} is not empty and holds no token store ({', '.join(sorted(strangers)[:3])})",
-                where="prepare.output",
+                where="task.output",
                 fix="choose an empty or new folder",
             )
         return manifest
-    old = fmt.read_manifest(output, "prepare.output")
+    old = fmt.read_manifest(output, "task.output")
     same = all(old.get(k) == manifest[k] for k in ("tokenizer", "dtype", "settings", "inputs"))
     if same:
         old["shards"] = {k: v for k, v in old["shards"].items() if fmt.shard_is_intact(output, v)}
@@ -323,8 +323,8 @@ def _adopt_existing(output: Path, manifest: dict, overwrite: bool) -> dict:
         changed = [k for k in ("tokenizer", "dtype", "settings", "inputs") if old.get(k) != manifest[k]]
         raise ConfigError(
             f"{output} holds a store made with other {' and '.join(changed)}",
-            where="prepare.output",
-            fix="choose a new output folder, or set prepare.overwrite=true to replace it",
+            where="task.output",
+            fix="choose a new output folder, or set task.overwrite=true to replace it",
         )
     for stale in [*output.glob("shard-*.npy"), path]:
         stale.unlink()

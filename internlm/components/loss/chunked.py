@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from internlm.components.loss.common import IGNORE_INDEX, compute_dtype, count_labelled
+from internlm.components.loss.common import IGNORE_INDEX, chunked_token_losses, compute_dtype, count_labelled
 from internlm.registry import register
 
 
@@ -107,3 +107,10 @@ class ChunkedCrossEntropy:
                 hidden.to(dtype), head_weight.to(dtype), labels, self.config.chunk_tokens, self.config.ignore_index, step
             )
         return loss, count_labelled(labels, self.config.ignore_index)
+
+    def token_losses(self, hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        dtype = compute_dtype(hidden, head_weight)
+        with torch.autocast(hidden.device.type, enabled=False):
+            return chunked_token_losses(
+                hidden.to(dtype), head_weight.to(dtype), labels, self.config.ignore_index, self.config.chunk_tokens
+            )

@@ -27,3 +27,7 @@ class CrossEntropy:
         logits = F.linear(hidden, head_weight).float()
         loss = F.cross_entropy(logits, labels, ignore_index=self.config.ignore_index, reduction="sum")
         return loss, count_labelled(labels, self.config.ignore_index)
+
+    def token_losses(self, hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(hidden, head_weight).float()
+        return F.cross_entropy(logits, labels, ignore_index=self.config.ignore_index, reduction="none")

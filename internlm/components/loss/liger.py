@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from internlm.components.loss.common import IGNORE_INDEX, compute_dtype, count_labelled
+from internlm.components.loss.common import IGNORE_INDEX, chunked_token_losses, compute_dtype, count_labelled
 from internlm.errors import ConfigError
 from internlm.registry import register
 
@@ -47,3 +47,9 @@ class LigerFusedCrossEntropy:
             )
         loss = out[0] if isinstance(out, tuple) else out
         return loss.float(), count_labelled(labels, self.config.ignore_index)
+
+    def token_losses(self, hidden: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-token losses (liger's kernel only reduces): the chunked PyTorch path, 2048 tokens a chunk."""
+        dtype = compute_dtype(hidden, head_weight)
+        with torch.autocast(hidden.device.type, enabled=False):
+            return chunked_token_losses(hidden.to(dtype), head_weight.to(dtype), labels, self.config.ignore_index, 2048)

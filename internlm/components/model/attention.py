@@ -38,6 +38,7 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(hidden_size, self.num_kv_heads * self.head_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden_size, bias=config.out_bias)
         self.scale = attention_backends.default_scale(self.head_dim)
+        self.rotary_kernel = None  # an alternative fn(q, k, cos, sin) -> (q, k), set by the kernels step
 
     def forward(self, x: torch.Tensor, layout: DocumentLayout, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         batch, seq, _ = x.shape
@@ -45,8 +46,10 @@ class SelfAttention(nn.Module):
         k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
         cos, sin = rope
-        fused_rotary = getattr(self, "rotary_fn", None)  # installed by fused_ops.apply_kernels
-        q, k = fused_rotary(q, k, cos, sin) if fused_rotary else (apply_rotary(q, cos, sin), apply_rotary(k, cos, sin))
+        if self.rotary_kernel is not None:
+            q, k = self.rotary_kernel(q, k, cos, sin)
+        else:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         kernel = attention_backends.resolve(self.backend_name, x.device).fn
         out = kernel(q, k, v, layout, self.scale)
         return self.o_proj(out.reshape(batch, seq, self.num_heads * self.head_dim))

@@ -317,29 +317,46 @@ def resolve(name: str, device: torch.device) -> Backend:
     return found
 
 
-def _resolve_uncached(name: str, device: torch.device) -> Backend:
+def availability(device: torch.device) -> dict[str, str | None]:
+    """Probe: backend name -> None if it runs on `device`, else why not (the program asks once
+    and hands the answer to compile, which then decides without touching a device)."""
+    return {name: _reason(chosen, device) for name, chosen in BACKENDS.items()}
+
+
+def _reason(chosen: Backend, device: torch.device) -> str | None:
+    try:
+        return chosen.available(device)
+    except Exception as exc:  # a probe that cannot even ask (e.g. CUDA queries on a CPU build)
+        return f"{type(exc).__name__}: {exc}"
+
+
+def choose(name: str, device_type: str, unavailable: dict[str, str | None]) -> str:
+    """The backend `name` means on a device of `device_type` whose probed `availability` is
+    `unavailable`: `auto` takes the first usable one of AUTO_ORDER; a named one must be usable."""
     if name == "auto":
         # On CPU the reference is fast enough for small models and is what the tests compare to.
-        order = AUTO_ORDER if device.type == "cuda" else []
+        order = AUTO_ORDER if device_type == "cuda" else []
         for candidate in order + ["eager"]:
-            chosen = BACKENDS[candidate]
-            if chosen.honours_documents and chosen.available(device) is None:
-                return chosen
+            if BACKENDS[candidate].honours_documents and unavailable.get(candidate) is None:
+                return candidate
     if name not in BACKENDS:
         raise ConfigError(
             f"unknown attention backend '{name}'",
             where="model.attention.backend",
             fix=f"choose auto or one of: {', '.join(BACKENDS)}",
         )
-    chosen = BACKENDS[name]
-    reason = chosen.available(device)
+    reason = unavailable.get(name)
     if reason is not None:
         raise ConfigError(
-            f"attention backend '{name}' is not available on {device}: {reason}",
+            f"attention backend '{name}' is not available on {device_type}: {reason}",
             where="model.attention.backend",
             fix="use model.attention.backend=auto to pick the fastest available one",
         )
-    return chosen
+    return name
+
+
+def _resolve_uncached(name: str, device: torch.device) -> Backend:
+    return BACKENDS[choose(name, device.type, availability(device))]
 
 
 def prepare(name: str, layout: DocumentLayout) -> None:

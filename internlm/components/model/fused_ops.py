@@ -13,7 +13,6 @@ applied, so the model code keeps the one plain definition.
 from __future__ import annotations
 
 import importlib
-import types
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from internlm.components.model.attention import SelfAttention
+from internlm.components.model.mlp import SwiGLU
+from internlm.components.model.norm import RMSNorm
 from internlm.components.model.rotary import apply_rotary
 from internlm.errors import ConfigError
 
@@ -126,34 +128,14 @@ def resolve_kernels(config: KernelsConfig, device: torch.device) -> Kernels:
 
 
 def apply_kernels(model: nn.Module, kernels: Kernels) -> nn.Module:
-    """Install the chosen implementations into the model's RMSNorm, SwiGLU and attention modules.
-
-    Only non-default choices patch anything: with plain `torch` everywhere the model is untouched.
-    Rotary needs SelfAttention to call ``self.rotary_fn(q, k, cos, sin)`` when present.
-    """
-    from internlm.components.model.attention import SelfAttention
-    from internlm.components.model.mlp import SwiGLU
-    from internlm.components.model.norm import RMSNorm
-
+    """Set the chosen implementations on the model's RMSNorm, SwiGLU and attention modules
+    (their `kernel` / `rotary_kernel` slots). With plain `torch` everywhere nothing is set and the
+    modules run their own definition."""
     for module in model.modules():
         if isinstance(module, RMSNorm) and kernels.names["rms_norm"] != "torch":
-            module.forward = types.MethodType(_norm_forward(kernels.rms_norm), module)
+            module.kernel = kernels.rms_norm
         elif isinstance(module, SwiGLU) and kernels.names["swiglu"] != "torch":
-            module.forward = types.MethodType(_swiglu_forward(kernels.swiglu), module)
+            module.kernel = kernels.swiglu
         elif isinstance(module, SelfAttention) and kernels.names["rotary"] != "torch":
-            module.rotary_fn = kernels.rotary
+            module.rotary_kernel = kernels.rotary
     return model
-
-
-def _norm_forward(fn: Callable) -> Callable:
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fn(x, self.weight, self.eps)
-
-    return forward
-
-
-def _swiglu_forward(fn: Callable) -> Callable:
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(fn(self.gate_proj(x), self.up_proj(x)))
-
-    return forward

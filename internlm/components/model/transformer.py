@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ class TransformerConfig:
     kernels: KernelsConfig = field(default_factory=KernelsConfig)  # RMSNorm / SwiGLU / rotary implementations
     tie_embeddings: bool = False  # share the embedding matrix with the LM head (SmolLM2: yes)
     init_std: float = 0.02  # std of the normal init of every weight matrix
-    init_from: str | None = None  # start from weights: hf:<dir> or internlm:<dir>; null = random init
+    init_from: str | None = None  # start from weights: run:<run or checkpoint folder>, hf:<dir> or internlm:<dir>; null = random init
 
 
 class DecoderBlock(nn.Module):
@@ -49,13 +50,36 @@ class DecoderBlock(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+class ReferenceCrossEntropy:
+    """Plain fp32 cross-entropy from the hidden states (the model's default loss; the configured
+    loss component is passed in by the assembly pipeline)."""
+
+    ignore_index = -100
+
+    def _logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        logits = torch.nn.functional.linear(hidden, weight)
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+    def __call__(self, hidden, weight, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = torch.nn.functional.cross_entropy(self._logits(hidden, weight), labels, ignore_index=self.ignore_index, reduction="sum")
+        return loss, (labels != self.ignore_index).sum()
+
+    def token_losses(self, hidden, weight, labels) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(self._logits(hidden, weight), labels, ignore_index=self.ignore_index, reduction="none")
+
+
 @register("model", "transformer", TransformerConfig)
 class Transformer(nn.Module):
     """Decoder-only transformer; module names follow Hugging Face Llama so exports are a rename-free copy."""
 
-    def __init__(self, config: TransformerConfig):
+    def __init__(self, config: TransformerConfig, loss: Callable | None = None):
+        """`loss(hidden [N, H], head_weight [V, H], labels [N]) -> (summed loss, count)` computes the
+        loss from the final hidden states inside forward (a fused loss never materialises the
+        logits); with `token_losses(...) -> [N]` it also serves `reduction="none"`. Default: the
+        plain fp32 cross-entropy."""
         super().__init__()
         self.config = config
+        self.loss = loss if loss is not None else ReferenceCrossEntropy()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.rotary = build_rotary(config.attention, config.hidden_size)
         # A ModuleDict keyed by str(index) keeps FQNs stable ("layers.3.mlp...") under sharding.
@@ -101,9 +125,16 @@ class Transformer(nn.Module):
         return self.norm(x)
 
     def forward(
-        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None, **kwargs
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        reduction: str = "sum",
+        **kwargs,
     ) -> torch.Tensor:
-        """Logits [B, S, vocab]; or, given labels, the summed next-token loss over labelled tokens.
+        """Logits [B, S, vocab]; or, given labels, the next-token loss: summed over labelled tokens
+        (`reduction="sum"`), or per token [B, S] with 0 where unlabelled (`reduction="none"`:
+        log-probabilities for objectives such as DPO).
 
         The loss is computed inside forward so that sharded or fused implementations see the
         gathered head weight, and a fused loss never materialises the full logits.
@@ -111,13 +142,12 @@ class Transformer(nn.Module):
         hidden = self.hidden_states(input_ids, position_ids, **kwargs)
         if labels is None:
             return self.lm_head(hidden)
-        return self.loss_fn(hidden.flatten(0, 1), self.lm_head.weight, labels.flatten())
-
-    def loss_fn(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Plain cross-entropy summed over labelled tokens; replaced by the configured loss component."""
-        logits = torch.nn.functional.linear(hidden, weight)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        return torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+        flat_hidden, flat_labels = hidden.flatten(0, 1), labels.flatten()
+        if reduction == "none":
+            return self.loss.token_losses(flat_hidden, self.lm_head.weight, flat_labels).view_as(labels)
+        if reduction != "sum":
+            raise ValueError(f"reduction must be 'sum' or 'none', got {reduction!r}")
+        return self.loss(flat_hidden, self.lm_head.weight, flat_labels)[0]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

@@ -7,6 +7,7 @@ plan) before any process group exists.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,12 @@ class Strategy:
         """Create the model on the meta device and initialise it after sharding."""
         return False
 
-    def fabric_strategy(self, layout: ParallelLayout, precision: str):
-        """What lightning.Fabric gets as `strategy=`."""
+    def sharding_options(self, precision: str) -> dict | None:
+        """FSDP2 settings for the assembly pipeline (apply_fsdp's keywords); None = the strategy does
+        not shard, and the model is wrapped by Fabric's own strategy instead."""
+        return None
+
+    def fabric_strategy(self, layout: ParallelLayout, precision: str, parallelize: Callable | None):
+        """What lightning.Fabric gets as `strategy=`; `parallelize(model, fabric_mesh) -> model` is the
+        assembly pipeline's parallel steps, for strategies that let Fabric call them."""
         raise NotImplementedError

@@ -23,7 +23,7 @@ class DDP(Strategy):
     def layout(self, world_size: int) -> ParallelLayout:
         return ParallelLayout(replicate=world_size)
 
-    def fabric_strategy(self, layout: ParallelLayout, precision: str):
+    def fabric_strategy(self, layout: ParallelLayout, precision: str, parallelize=None):
         from lightning.fabric.strategies import DDPStrategy
 
         return DDPStrategy(bucket_cap_mb=self.config.bucket_cap_mb)

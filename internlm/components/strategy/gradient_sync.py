@@ -11,13 +11,19 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, contextmanager
 
-from lightning.fabric.strategies.strategy import _BackwardSyncControl
 from torch import nn
 
 
-class ShardedGradientAccumulation(_BackwardSyncControl):
-    def no_backward_sync(self, module: nn.Module, enabled: bool) -> AbstractContextManager:
-        return _replica_all_reduce(module, skip=enabled)
+def sharded_gradient_accumulation():
+    """Fabric's backward-sync control for FSDP2 that keeps gradients sharded (Lightning is
+    imported here, when a sharded run sets up, not when the components are registered)."""
+    from lightning.fabric.strategies.strategy import _BackwardSyncControl
+
+    class ShardedGradientAccumulation(_BackwardSyncControl):
+        def no_backward_sync(self, module: nn.Module, enabled: bool) -> AbstractContextManager:
+            return _replica_all_reduce(module, skip=enabled)
+
+    return ShardedGradientAccumulation()
 
 
 @contextmanager

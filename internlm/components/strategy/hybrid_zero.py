@@ -13,10 +13,10 @@ ranks (one node's NVLink), and data-parallel rank = global rank // tensor.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 from internlm.components.strategy.base import ParallelLayout, Strategy
+from internlm.components.strategy.gradient_sync import sharded_gradient_accumulation
 from internlm.components.strategy.tensor_parallel import check_tensor_parallel
 from internlm.errors import ConfigError
 from internlm.registry import register
@@ -77,31 +77,24 @@ class HybridZero(Strategy):
     def init_on_meta(self, parameters: int) -> bool:
         return parameters > self.config.meta_init_above
 
-    def fabric_strategy(self, layout: ParallelLayout, precision: str):
+    def sharding_options(self, precision: str) -> dict:
+        return {
+            # bf16 gathers and compute, fp32 gradient reduction and master weights (torchtitan's choice)
+            "bf16_compute": precision == "bf16-mixed",
+            "reshard_after_forward": self.config.reshard_after_forward,
+            "prefetch": self.config.prefetch,
+        }
+
+    def fabric_strategy(self, layout: ParallelLayout, precision: str, parallelize):
         from lightning.fabric.strategies import ModelParallelStrategy
 
-        from internlm.components.strategy.gradient_sync import ShardedGradientAccumulation
-
         strategy = ModelParallelStrategy(
-            parallelize_fn=functools.partial(self.parallelize, layout=layout, precision=precision),
+            parallelize_fn=parallelize,
             data_parallel_size=layout.dp_size,
             tensor_parallel_size=layout.tensor,
         )
-        strategy._backward_sync_control = ShardedGradientAccumulation()  # keep gradients sharded between micro batches
+        strategy._backward_sync_control = sharded_gradient_accumulation()  # keep gradients sharded between micro batches
         return strategy
-
-    def parallelize(self, model, mesh, layout: ParallelLayout, precision: str):
-        """Fabric calls this with its own 2-D mesh; we build the 3-D one our layout needs."""
-        from internlm.runtime import parallelize
-
-        return parallelize.parallelize_model(
-            model,
-            layout,
-            device_type=mesh.device_type,
-            bf16_compute=precision == "bf16-mixed",
-            reshard_after_forward=self.config.reshard_after_forward,
-            prefetch=self.config.prefetch,
-        )
 
 
 def divisors(n: int) -> list[int]:

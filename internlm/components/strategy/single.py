@@ -30,5 +30,5 @@ class SingleDevice(Strategy):
             )
         return ParallelLayout()
 
-    def fabric_strategy(self, layout: ParallelLayout, precision: str):
+    def fabric_strategy(self, layout: ParallelLayout, precision: str, parallelize=None):
         return "auto"

@@ -137,7 +137,7 @@ def test_fail_names_the_file_line_and_reason(tmp_path, tokenizer, reason):
     path.write_bytes(b"\n".join(good[:4] + [b""] + [BAD_LINES[reason]] + good[4:]) + b"\n")  # line 6, after a blank
     with pytest.raises(ConfigError, match=rf"bad\.jsonl:6: {reason}") as err:
         prepare_data(config([path], tmp_path / "store", workers=1, max_chars=100), tokenizer)
-    assert "prepare.on_error=skip" in err.value.fix
+    assert "task.on_error=skip" in err.value.fix
     assert not (tmp_path / "store" / fmt.shard_files(0)["tokens"]).exists()
 
 

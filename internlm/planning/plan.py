@@ -1,7 +1,10 @@
 """Compile a composed config into a plan: typed, checked and with every derived number resolved.
 
-Nothing here touches a process group, a device or a data file: a bad config fails in a second,
-before any GPU time is spent. The model is built on the meta device to count its parameters.
+`compile_plan(config, facts, strategy, scheduler)` is pure: the machine is described by `facts`
+(probed once by the program), the strategy and scheduler are the run's own component objects
+(built once by the program and handed on), and nothing here touches a process group, a device or
+a data file: a bad config fails in a second, before any GPU time is spent. The model is built on
+the meta device to count its parameters.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from internlm import registry
+from internlm.components.model import attention_backends
 from internlm.components.strategy.base import ParallelLayout
-from internlm.config import RootConfig
+from internlm.config import AC_POLICIES, LOGGERS, RootConfig
 from internlm.errors import ConfigError
-from internlm.runtime import flops, memory
+from internlm.planning import flops, memory
+from internlm.planning.facts import Facts
 
 
 @dataclass
@@ -29,18 +34,19 @@ class Plan:
 
     world_size: int
     layout: ParallelLayout
-    micro_batch_size: int
-    grad_accumulation: int
-    global_batch_size: int
-    seq_len: int
-    tokens_per_step: int
-    warmup_steps: int
-    total_tokens: int
     parameters: int
-    flops_per_token: float
     accelerator: str
     precision: str
     attention_backend: str  # what model.attention.backend=auto resolved to on this machine
+    # The training plan (None for tasks that do not train: generate, export, serve, eval, ...)
+    micro_batch_size: int | None = None
+    grad_accumulation: int | None = None
+    global_batch_size: int | None = None
+    seq_len: int | None = None
+    tokens_per_step: int | None = None
+    warmup_steps: int | None = None
+    total_tokens: int | None = None
+    flops_per_token: float | None = None
     memory_per_device_gib: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # legal but probably unintended settings
 
@@ -51,20 +57,32 @@ class Plan:
 
 
 def to_typed(cfg: DictConfig) -> RootConfig:
-    """The composed DictConfig as dataclass instances (Hydra already checked types and keys)."""
+    """The composed DictConfig as dataclass instances (Hydra already checked types and keys;
+    a component's config may check its values in __post_init__, raising ConfigError)."""
     try:
         return OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
     except Exception as exc:  # missing mandatory values surface here
+        cause = exc.__cause__ if isinstance(exc.__cause__, ConfigError) else exc.__context__
+        if isinstance(cause, ConfigError):
+            raise cause from None
         raise ConfigError(f"incomplete config: {exc}", fix="set the value named above with key=value") from None
 
 
-def resolve_accelerator(requested: str) -> str:
+def resolve_accelerator(requested: str, facts: Facts) -> str:
     if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if facts.cuda_available else "cpu"
     if requested == "gpu":
         return "cuda"
     if requested not in ("cpu", "cuda"):
         raise ConfigError(f"unknown accelerator '{requested}'", where="trainer.accelerator", fix="use auto, cpu or cuda")
+    if requested == "cuda" and not facts.cuda_available:
+        raise ConfigError(
+            "trainer.accelerator=cuda, but this machine has no usable CUDA device",
+            where="trainer.accelerator",
+            fix="use trainer.accelerator=auto (or cpu) here, or run on a GPU machine",
+        )
     return requested
 
 
@@ -114,20 +132,16 @@ def check_positive(values: dict[str, int | None]) -> None:
 
 def check_names(cfg: RootConfig) -> None:
     """Names that only a later stage would reject: reject them now, before any device is touched."""
-    from internlm.runtime.activation_checkpointing import POLICIES
-    from internlm.runtime.fabric_setup import LOGGERS
-
     policy = cfg.trainer.activation_checkpointing
-    if policy not in POLICIES:
+    if policy not in AC_POLICIES:
         raise ConfigError(
             f"unknown activation checkpointing policy '{policy}'",
             where="trainer.activation_checkpointing",
-            fix=f"choose one of: {', '.join(POLICIES)}",
+            fix=f"choose one of: {', '.join(AC_POLICIES)}",
         )
     unknown = [name for name in cfg.trainer.loggers if name not in LOGGERS]
     if unknown:
         raise ConfigError(f"unknown logger(s) {unknown}", where="trainer.loggers", fix=f"choose from {list(LOGGERS)}")
-    registry.build(cfg.optimizer)  # resolves optimizer.target against the allowlist
 
 
 def derive_batches(data_cfg, dp_size: int) -> tuple[int, int]:
@@ -169,7 +183,38 @@ def advisories(cfg: RootConfig, parameters: int) -> list[str]:
     return notes
 
 
-def compile_plan(cfg: RootConfig, tokenizer_vocab: int | None = None) -> Plan:
+def compile_plan(cfg: RootConfig, facts: Facts, strategy, scheduler=None, trains: bool = True) -> Plan:
+    """The plan of a run of `cfg` on the machine `facts` describes. `strategy` and `scheduler` are
+    the run's component objects; `trains=False` (a task that only reads a model) leaves out the
+    batch layout, the schedule and the memory estimate."""
+    trainer = cfg.trainer
+    check_positive({"trainer.devices": trainer.devices, "trainer.num_nodes": trainer.num_nodes})
+    check_names(cfg)
+    accelerator = resolve_accelerator(trainer.accelerator, facts)
+    precision = resolve_precision(trainer.precision, accelerator)
+    world_size = trainer.devices * trainer.num_nodes
+    layout = strategy.layout(world_size)
+    check_model(cfg.model)
+    strategy.check_model(cfg.model, layout)  # e.g. heads divisible by the tensor-parallel size
+    check_tokenizer_fits(facts.tokenizer_vocab, cfg.model)
+    available = facts.attention.get(accelerator, {})
+    backend = attention_backends.choose(cfg.model.attention.backend, accelerator, available)
+    plan = Plan(
+        world_size=world_size,
+        layout=layout,
+        parameters=count_parameters(cfg.model),
+        accelerator=accelerator,
+        precision=precision,
+        attention_backend=backend,
+    )
+    if trains:
+        add_training_plan(plan, cfg, scheduler)
+    plan.warnings = advisories(cfg, plan.parameters)
+    return plan
+
+
+def add_training_plan(plan: Plan, cfg: RootConfig, scheduler) -> None:
+    """The batch layout, schedule, FLOPs and memory of a training run."""
     trainer = cfg.trainer
     check_positive(
         {
@@ -178,19 +223,8 @@ def compile_plan(cfg: RootConfig, tokenizer_vocab: int | None = None) -> Plan:
             "data.micro_batch_size": cfg.data.micro_batch_size,
             "trainer.max_steps": trainer.max_steps,
             "trainer.log_every": trainer.log_every,
-            "trainer.devices": trainer.devices,
-            "trainer.num_nodes": trainer.num_nodes,
         }
     )
-    check_names(cfg)
-    accelerator = resolve_accelerator(trainer.accelerator)
-    precision = resolve_precision(trainer.precision, accelerator)
-    world_size = trainer.devices * trainer.num_nodes
-    strategy = registry.build(cfg.strategy)
-    layout = strategy.layout(world_size)
-    check_model(cfg.model)
-    strategy.check_model(cfg.model, layout)  # e.g. heads divisible by the tensor-parallel size
-    check_tokenizer_fits(tokenizer_vocab, cfg.model)
     seq_len = cfg.data.seq_len
     max_position = cfg.model.attention.rotary.max_position
     if seq_len > max_position:
@@ -199,35 +233,17 @@ def compile_plan(cfg: RootConfig, tokenizer_vocab: int | None = None) -> Plan:
             where="data.seq_len",
             fix=f"shorten data.seq_len or raise model.attention.rotary.max_position to {seq_len}",
         )
-    from internlm.components.model import attention_backends
-
-    backend = attention_backends.resolve(cfg.model.attention.backend, torch.device(accelerator)).name
-    micro, accumulation = derive_batches(cfg.data, layout.dp_size)
-    parameters = count_parameters(cfg.model)
-    per_token = flops.flops_per_token(cfg.model, seq_len)
-    tokens_per_step = cfg.data.global_batch_size * seq_len
-    warmup = registry.build(cfg.scheduler).warmup_steps(trainer.max_steps)
-    estimate = memory.estimate_per_device(
-        cfg.model, parameters, layout, micro, seq_len, precision, trainer.activation_checkpointing,
+    micro, accumulation = derive_batches(cfg.data, plan.layout.dp_size)
+    plan.micro_batch_size, plan.grad_accumulation = micro, accumulation
+    plan.global_batch_size = cfg.data.global_batch_size
+    plan.seq_len = seq_len
+    plan.tokens_per_step = cfg.data.global_batch_size * seq_len
+    plan.total_tokens = plan.tokens_per_step * trainer.max_steps
+    plan.warmup_steps = scheduler.warmup_steps(trainer.max_steps)
+    plan.flops_per_token = flops.flops_per_token(cfg.model, seq_len)
+    plan.memory_per_device_gib = memory.estimate_per_device(
+        cfg.model, plan.parameters, plan.layout, micro, seq_len, plan.precision, trainer.activation_checkpointing,
         full_logits=registry.component_of(cfg.loss).name == "cross_entropy",
-    )
-    return Plan(
-        world_size=world_size,
-        layout=layout,
-        micro_batch_size=micro,
-        grad_accumulation=accumulation,
-        global_batch_size=cfg.data.global_batch_size,
-        seq_len=seq_len,
-        tokens_per_step=tokens_per_step,
-        warmup_steps=warmup,
-        total_tokens=tokens_per_step * trainer.max_steps,
-        parameters=parameters,
-        flops_per_token=per_token,
-        accelerator=accelerator,
-        precision=precision,
-        attention_backend=backend,
-        memory_per_device_gib=estimate,
-        warnings=advisories(cfg, parameters),
     )
 
 

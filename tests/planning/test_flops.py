@@ -7,7 +7,7 @@ import pytest
 from internlm.components.model.attention import AttentionConfig
 from internlm.components.model.mlp import MLPConfig
 from internlm.components.model.transformer import TransformerConfig
-from internlm.runtime import flops
+from internlm.planning import flops
 
 INTERNLM_7B = TransformerConfig(
     vocab_size=103168, hidden_size=4096, num_layers=32, attention=AttentionConfig(num_heads=32), mlp=MLPConfig(11008)

@@ -54,29 +54,33 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         dist.all_reduce(target, op=dist.ReduceOp.SUM, group=group)
 
         labelled = labels != ignore_index
-        loss = ((sum_exp.log() - target) * labelled).sum()
+        losses = (sum_exp.log() - target) * labelled
         ctx.save_for_backward(exp.div_(sum_exp[:, None]), local_ids, here & labelled, labelled)
-        return loss
+        return losses
 
     @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor):
+    def backward(ctx, grad_losses: torch.Tensor):
         softmax, local_ids, target_here, labelled = ctx.saved_tensors
         grad = softmax * labelled[:, None]
         grad.scatter_add_(-1, local_ids[:, None], -target_here[:, None].to(grad.dtype))
-        return grad * grad_loss, None, None, None, None
+        return grad * grad_losses[:, None], None, None, None, None
 
 
 class VocabParallelCrossEntropy:
-    """`model.loss_fn(hidden, head_weight, labels)` for a head split by rows on `tp_mesh`."""
+    """The model's loss when its LM head is split by rows across tensor-parallel ranks (a DTensor
+    weight: the group is read from its mesh, so the loss is chosen before any mesh exists)."""
 
-    def __init__(self, tp_mesh, ignore_index: int = IGNORE_INDEX):
-        self.group = tp_mesh.get_group()
-        self.rank = tp_mesh.get_local_rank()
+    def __init__(self, ignore_index: int = IGNORE_INDEX):
         self.ignore_index = ignore_index
 
-    def __call__(self, hidden: torch.Tensor, head_weight, labels: torch.Tensor) -> torch.Tensor:
+    def token_losses(self, hidden: torch.Tensor, head_weight, labels: torch.Tensor) -> torch.Tensor:
+        mesh = head_weight.device_mesh
+        group, rank = mesh.get_group(), mesh.get_local_rank()
         local_weight = head_weight.to_local()  # [vocab / tp, hidden]; its gradient stays row-sharded
-        hidden = _CopyToTensorParallel.apply(hidden, self.group)
+        hidden = _CopyToTensorParallel.apply(hidden, group)
         logits = F.linear(hidden, local_weight).float()
-        vocab_start = self.rank * local_weight.shape[0]
-        return _VocabParallelCrossEntropy.apply(logits, labels, vocab_start, self.group, self.ignore_index)
+        vocab_start = rank * local_weight.shape[0]
+        return _VocabParallelCrossEntropy.apply(logits, labels, vocab_start, group, self.ignore_index)
+
+    def __call__(self, hidden: torch.Tensor, head_weight, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.token_losses(hidden, head_weight, labels).sum(), (labels != self.ignore_index).sum()

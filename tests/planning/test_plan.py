@@ -5,12 +5,19 @@ from __future__ import annotations
 import pytest
 
 from internlm.api import compose
-from internlm.compile import compile_plan, to_typed
+from internlm import registry
 from internlm.errors import ConfigError
+from internlm.planning import Facts, compile_plan, to_typed
+from internlm.program import build_pieces
+
+CPU_ONLY = Facts(attention={"cpu": {}})  # a CPU machine on which every backend would run
 
 
-def plan_for(*overrides: str, tokenizer_vocab=None):
-    return compile_plan(to_typed(compose(list(overrides))), tokenizer_vocab)
+def plan_for(*overrides: str, tokenizer_vocab=None, facts: Facts = CPU_ONLY):
+    config = to_typed(compose(list(overrides)))
+    facts = Facts(**{**facts.__dict__, "tokenizer_vocab": tokenizer_vocab})
+    pieces = build_pieces(config, registry.build(config.task))  # as the program builds them, once
+    return compile_plan(config, facts, pieces["strategy"], pieces["scheduler"])
 
 
 def test_internlm_7b_has_exactly_the_published_parameter_count():
@@ -25,7 +32,7 @@ def test_flops_per_token_matches_hand_count_for_7b():
     expected = 6 * matmul_params + 12 * layers * h * seq / 2  # causal attention
     assert plan.flops_per_token == pytest.approx(expected)
     # torchtitan's convention counts full (non-causal) attention: ~47.8 GFLOP/token (DESIGN.md section 4).
-    from internlm.runtime.flops import flops_per_token
+    from internlm.planning.flops import flops_per_token
 
     full = flops_per_token(to_typed(compose(["model=internlm_7b"])).model, 4096, causal=False)
     assert full == pytest.approx(6 * matmul_params + 12 * layers * h * seq)
@@ -100,3 +107,24 @@ def test_a_tiny_models_learning_rate_on_a_7b_is_flagged():
 def test_models_composed_from_yaml_have_their_published_sizes():
     assert plan_for("model=llama2_7b").parameters == 6_738_415_616  # Llama-2-7B
     assert plan_for("model=smollm2_135m").parameters == 134_515_008  # SmolLM2-135M, tied embeddings
+
+
+def test_compile_decides_from_the_facts_alone():
+    # A Hopper machine described, not probed: auto takes FlexAttention there, eager on a CPU.
+    hopper = Facts(cuda_available=True, device_name="NVIDIA H200", capability=(9, 0), attention={"cuda": {}, "cpu": {}})
+    assert plan_for(facts=hopper).attention_backend == "flex"
+    assert plan_for(facts=hopper).precision == "bf16-mixed"
+    no_flex = Facts(cuda_available=True, attention={"cuda": {"flex": "no triton"}})
+    assert plan_for(facts=no_flex).attention_backend == "varlen"
+    assert plan_for().attention_backend == "eager"
+    with pytest.raises(ConfigError) as info:
+        plan_for("trainer.accelerator=cuda")  # asked for a GPU on a machine without one
+    assert "no usable CUDA device" in info.value.render()
+
+
+def test_a_task_that_does_not_train_is_not_checked_against_the_batch():
+    config = to_typed(compose(["data.global_batch_size=7", "trainer.devices=2", "strategy=ddp"]))
+    plan = compile_plan(config, CPU_ONLY, registry.build(config.strategy), trains=False)
+    assert plan.micro_batch_size is None and plan.memory_per_device_gib == {}
+    with pytest.raises(ConfigError):  # the same config, compiled for training
+        compile_plan(config, CPU_ONLY, registry.build(config.strategy), registry.build(config.scheduler))
