@@ -3,8 +3,12 @@ bad values and unknown config files one clear message, and nothing is written.""
 
 from __future__ import annotations
 
+import sys
+
 from omegaconf import DictConfig, OmegaConf
 
+import internlm.tasks  # noqa: F401  (registers every schema the composition needs)
+from internlm.config import store_root_schema
 from internlm.errors import ConfigError, suggest
 from internlm.paths import conf_dir
 
@@ -16,8 +20,6 @@ DEPRECATED_ROOTS = {"prepare.": "task.", "export.": "task."}
 
 def rewrite_deprecated(argv: list[str]) -> list[str]:
     """`prepare.input=...` -> `task.input=...` (and `export.*`), with a one-line note each."""
-    import sys
-
     out = []
     for arg in argv:
         for old, new in DEPRECATED_ROOTS.items():
@@ -41,9 +43,6 @@ def split_overrides(argv: list[str]) -> tuple[list[str], bool]:
 
 def compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose, initialize_config_dir
-
-    import internlm.tasks  # noqa: F401  (registers every schema the composition needs)
-    from internlm.config import store_root_schema
 
     store_root_schema()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from internlm.batch import IGNORE_INDEX
 from internlm.components.strategy.base import ParallelLayout
 
 MESH_DIMS = ("replicate", "shard", "tensor")
@@ -98,8 +99,6 @@ def pad_sequence_to_multiple(model: nn.Module, multiple: int) -> None:
     tensor-parallel size (a generation prompt) at the end, and crop the logits back. The padding
     continues the last document, so causal attention keeps it out of every real token's view, and
     its labels take no loss."""
-    from internlm.batch import IGNORE_INDEX
-
     signature = inspect.signature(type(model).forward)
 
     def pad(module, args, kwargs):

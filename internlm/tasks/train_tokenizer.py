@@ -6,10 +6,11 @@ import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from internlm.components.tokenizer.train import train_sentencepiece
 from internlm.errors import ConfigError
 from internlm.paths import CORPUS_DIR
 from internlm.registry import register
-from internlm.tasks.base import RunContext
+from internlm.tasks.base import RunContext, Task
 
 
 @dataclass
@@ -20,11 +21,11 @@ class TrainTokenizerConfig:
 
 
 @register("task", "train_tokenizer", TrainTokenizerConfig)
-class TrainTokenizer:
+class TrainTokenizer(Task):
+    needs_tokenizer = False
+
     """`python -m internlm task=train_tokenizer task.input='[data/*.jsonl]' task.vocab_size=32000`."""
 
-    def __init__(self, config: TrainTokenizerConfig):
-        self.config = config
 
     def files(self) -> list[Path]:
         found = sorted({Path(p) for pattern in self.config.input for p in glob.glob(str(Path(pattern).expanduser()))})
@@ -35,7 +36,6 @@ class TrainTokenizer:
         return found
 
     def run(self, ctx: RunContext) -> Path:
-        from internlm.components.tokenizer.train import train_sentencepiece
 
         output = Path(self.config.output)
         output = output if output.is_absolute() else ctx.run_dir / output

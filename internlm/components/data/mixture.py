@@ -21,6 +21,9 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from internlm.components.data.base import DataConfig
+from internlm.components.data.internlm_bin import InternLMBinConfig, InternLMBinData
+from internlm.components.data.store import StoreData, StoreDataConfig
+from internlm.components.data.text import TextData, TextDataConfig
 from internlm.components.data.packing import ConcatRows, Rows, gather_rows
 from internlm.components.data.sampler import SEED_MASK, GlobalLoader, RowSetSource, ShuffledRows
 from internlm.errors import ConfigError
@@ -56,9 +59,6 @@ def detect_format(path: str) -> str:
 
 def build_source(name: str, source: MixtureSourceConfig, config: MixtureDataConfig, tokenizer) -> RowSetSource:
     """One source as its own data component (seq_len and val_fraction from the mixture)."""
-    from internlm.components.data.internlm_bin import InternLMBinConfig, InternLMBinData
-    from internlm.components.data.store import StoreData, StoreDataConfig
-    from internlm.components.data.text import TextData, TextDataConfig
 
     where = f"data.sources.{name}"
     if not source.path:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from internlm.batch import IGNORE_INDEX, Batch, cu_seqlens_from_positions
+from internlm.errors import ConfigError
 
 
 @dataclass
@@ -149,7 +150,6 @@ def split_train_val(
     """Row indices (train, val): a fixed-seed choice of ``round(val_fraction * rows)`` rows (at
     least one when the fraction is positive), spread over the whole corpus and the same for
     every run, whatever the training seed."""
-    from internlm.errors import ConfigError
 
     if not 0.0 <= val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}", where=where, fix="e.g. 0.05")

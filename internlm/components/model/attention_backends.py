@@ -76,7 +76,10 @@ def backend(
 
 
 def _import_or_reason(module: str) -> tuple[Any, str | None]:
-    """Import at module load, so `available` is a cheap attribute check (also under torch.compile)."""
+    """Imported by the backend's availability probe, not when the components are registered
+    (FlexAttention pulls in torch._dynamo, 1.5 s that a typo error or `task=plan` never needs).
+    Every use of a backend goes through its probe first (the program asks, and `resolve` asks
+    eagerly before any kernel runs), so kernels read plain module globals, also under compile."""
     try:
         return importlib.import_module(module), None
     except Exception as exc:  # ImportError, or a broken binary extension
@@ -129,11 +132,13 @@ def sdpa_dense_attention(q, k, v, layout: DocumentLayout, scale: float) -> torch
 # ---------------------------------------------------------------------------------------------
 # FlexAttention: a block-causal document mask; blocks of 128 x 128 that no document spans are skipped.
 
-_flex_module, _flex_missing = _import_or_reason("torch.nn.attention.flex_attention")
+_flex_module: Any = None
 _compiled_flex: Callable | None = None
 
 
 def _flex_available(device: torch.device) -> str | None:
+    global _flex_module
+    _flex_module, _flex_missing = _import_or_reason("torch.nn.attention.flex_attention")
     if _flex_missing:
         return _flex_missing
     if device.type != "cuda":
@@ -144,6 +149,8 @@ def _flex_available(device: torch.device) -> str | None:
 def _flex_kernel(device: torch.device) -> Callable:
     """Compiled flex_attention on CUDA (the eager one materialises the scores); eager elsewhere."""
     global _compiled_flex
+    if _flex_module is None:
+        _flex_available(device)
     if device.type != "cuda":
         return _flex_module.flex_attention
     if _compiled_flex is None:
@@ -162,6 +169,8 @@ def _prepare_flex(layout: DocumentLayout) -> None:
     if "flex_block_mask" in layout.cache:
         return
     ids = layout.document_ids
+    if _flex_module is None:
+        _flex_available(ids.device)
     batch, seq = ids.shape
     kwargs = {}
     if ids.is_cuda and "_compile" in inspect.signature(_flex_module.create_block_mask).parameters:
@@ -208,11 +217,14 @@ def _flatten(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0] * x.shape[1], x.shape[2], x.shape[3])
 
 
-_varlen_module, _varlen_missing = _import_or_reason("torch.nn.attention.varlen")
-_VARLEN_PARAMS = set(inspect.signature(_varlen_module.varlen_attn).parameters) if _varlen_module else set()
+_varlen_module: Any = None
+_VARLEN_PARAMS: set[str] = set()
 
 
 def _varlen_available(device: torch.device) -> str | None:
+    global _varlen_module, _VARLEN_PARAMS
+    _varlen_module, _varlen_missing = _import_or_reason("torch.nn.attention.varlen")
+    _VARLEN_PARAMS = set(inspect.signature(_varlen_module.varlen_attn).parameters) if _varlen_module else set()
     if _varlen_missing:
         return f"this torch ({torch.__version__}) has no torch.nn.attention.varlen: {_varlen_missing}"
     if device.type != "cuda":
@@ -250,10 +262,12 @@ def varlen_attention(q, k, v, layout: DocumentLayout, scale: float) -> torch.Ten
     return out.view(batch, seq, heads, dim)
 
 
-_flash_attn_module, _flash_attn_missing = _import_or_reason("flash_attn")
+_flash_attn_module: Any = None
 
 
 def _flash_attn_available(device: torch.device) -> str | None:
+    global _flash_attn_module
+    _flash_attn_module, _flash_attn_missing = _import_or_reason("flash_attn")
     if _flash_attn_missing:
         return f"the flash-attn package is not installed: {_flash_attn_missing}"
     return _needs_cuda(device)

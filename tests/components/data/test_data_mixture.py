@@ -11,7 +11,7 @@ from datahelpers import random_documents, write_bin, write_jsonl
 from internlm import registry
 from internlm.components.data.mixture import MixtureDataConfig, MixtureSourceConfig, block_counts
 from internlm.errors import ConfigError
-from internlm.tasks.prepare_data import PrepareConfig, prepare_data
+from internlm.tasks.prepare_data import PrepareDataConfig, prepare_data
 
 RANGES = {"web": (1, 30), "books": (30, 60), "code": (60, 90)}  # each source's token ids, to tell rows apart
 
@@ -79,7 +79,7 @@ def test_sources_of_every_format_mix(tmp_path, tokenizer):
     text = write_jsonl(tmp_path / "t.jsonl", random_documents(80, seed=1))
     store = tmp_path / "store"
     prepare_data(
-        PrepareConfig(
+        PrepareDataConfig(
             input=[str(write_jsonl(tmp_path / "s.jsonl", random_documents(80, seed=2)))],
             output=str(store),
             workers=1,

@@ -11,11 +11,11 @@ from datahelpers import failing_run_shard, random_documents, write_jsonl
 from internlm.components.data import store_format as fmt
 from internlm.components.data import store_writer
 from internlm.errors import ConfigError
-from internlm.tasks.prepare_data import PrepareConfig, prepare_data
+from internlm.tasks.prepare_data import PrepareDataConfig, prepare_data
 
 
-def config(inputs, output, **fields) -> PrepareConfig:
-    return PrepareConfig(input=[str(i) for i in inputs], output=str(output), progress=False, **fields)
+def config(inputs, output, **fields) -> PrepareDataConfig:
+    return PrepareDataConfig(input=[str(i) for i in inputs], output=str(output), progress=False, **fields)
 
 
 def corpus(tmp_path, files=3, docs=150):

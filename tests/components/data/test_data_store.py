@@ -10,7 +10,7 @@ from internlm import registry
 from internlm.batch import IGNORE_INDEX
 from internlm.components.data.store import StoreData, StoreDataConfig
 from internlm.errors import ConfigError
-from internlm.tasks.prepare_data import PrepareConfig, prepare_data
+from internlm.tasks.prepare_data import PrepareDataConfig, prepare_data
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def store(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("store")
     files = [write_jsonl(root / f"p{i}.jsonl", random_documents(200, seed=i)) for i in range(2)]
     prepare_data(
-        PrepareConfig(
+        PrepareDataConfig(
             input=[str(f) for f in files], output=str(root / "out"), workers=1, shard_mb=0.01, progress=False
         ),
         tokenizer,
