@@ -1,12 +1,12 @@
-"""Continue a prompt with a trained model: `task=generate checkpoint=<run or checkpoint> task.prompt=...`."""
+"""Continue a prompt with a trained model: `task=generate checkpoint=<run, checkpoint or hf:dir> task.prompt=...`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from internlm.errors import ConfigError
+from internlm.inference import SamplingParams, load_engine
 from internlm.registry import register
-from internlm.runtime.generation import generate
 from internlm.tasks.base import RunContext, Task
 
 
@@ -16,34 +16,33 @@ class GenerateConfig:
     max_new_tokens: int = 64  # upper bound on generated tokens
     temperature: float = 0.0  # 0 = greedy; InternLM's chat default is 0.8
     top_p: float = 0.8  # nucleus sampling mass (used when temperature > 0)
+    top_k: int = 0  # keep only the k likeliest tokens (0 = off)
+    repetition_penalty: float = 1.0  # > 1 discourages repeating tokens (1 = off)
     seed: int = 0  # sampling seed
+    device: str = "auto"  # auto (cuda if present) | cpu | cuda[:N]
+    dtype: str = "auto"  # auto (bf16 on cuda, fp32 on cpu) | bf16 | fp16 | fp32
+
+
+def require_checkpoint(ctx: RunContext, task: str) -> str:
+    if not ctx.config.checkpoint:
+        raise ConfigError(f"task={task} needs a checkpoint", where="checkpoint",
+                          fix="add checkpoint=<run folder, checkpoint folder or hf:<exported folder>>")
+    return ctx.config.checkpoint
 
 
 @register("task", "generate", GenerateConfig)
 class Generate(Task):
-    needs_tokenizer = False  # the checkpoint brings its own
-
     """Load a checkpoint and print a greedy or sampled continuation of a prompt."""
 
+    needs_tokenizer = False  # the checkpoint's own tokenizer is used
 
     def run(self, ctx: RunContext) -> str:
-        from internlm.runtime.saved_run import load
-
-        if not ctx.config.checkpoint:
-            raise ConfigError(
-                "task=generate needs a checkpoint", where="checkpoint", fix="add checkpoint=<run folder or checkpoint folder>"
-            )
-        model, tokenizer = load(ctx.config.checkpoint)
         cfg = self.config
-        new = generate(
-            model,
-            tokenizer.encode(cfg.prompt, bos=True),
-            cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            stop_ids=(tokenizer.eos_id,),
-            seed=cfg.seed,
-        )
-        text = tokenizer.decode(new)
+        source = require_checkpoint(ctx, "generate")
+        params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty, seed=cfg.seed).validate("task")
+        with load_engine(source, device=cfg.device, dtype=cfg.dtype, max_batch=1) as engine:
+            params = SamplingParams(**{**params.__dict__, "stop_ids": (engine.tokenizer.eos_id,)})
+            text = engine.generate([engine.tokenizer.encode(cfg.prompt, bos=True)], params)[0].text
         print(cfg.prompt + text)
         return text

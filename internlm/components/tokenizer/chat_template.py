@@ -18,6 +18,7 @@ is the same format for a Hugging Face ``tokenizer_config.json`` (it starts with 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol, Sequence
 
 from internlm.errors import ConfigError
@@ -31,6 +32,9 @@ END_OF_ASSISTANT = "<eoa>"
 CHAT_MARKERS = (USER, BOT, SYSTEM, END_OF_HUMAN, END_OF_ASSISTANT)
 
 ROLES = ("system", "user", "assistant")
+
+SPACE_PIECE = "\u2581"  # sentencepiece's "▁": a space inside a piece
+_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")  # a byte-fallback piece: one byte of the text
 
 # The same format in Jinja (transformers renders it with trim_blocks and lstrip_blocks on).
 JINJA_CHAT_TEMPLATE = (
@@ -58,6 +62,8 @@ class ChatTokenizer(Protocol):
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]: ...
 
     def token_to_id(self, piece: str) -> int | None: ...
+
+    def id_to_token(self, token_id: int) -> str: ...
 
 
 def _segments(messages: Sequence[dict[str, Any]], add_generation_prompt: bool) -> list[tuple[str, bool]]:
@@ -110,18 +116,55 @@ def encode_chat(
     """Token ids of the conversation (BOS first) and a mask, True exactly on what the model must
     generate: each assistant response and its ``<eoa>``, not the newline after it.
 
-    Each piece is encoded on its own, so the mask follows the text exactly. This is also what the
-    model sees at inference: the prompt ends with ``<|Bot|>:`` and the response starts a fresh
-    token. With the chat markers trained as single tokens (the bundled tokenizer, InternLM's) and no
-    dummy prefix, the ids equal those of encoding `render_chat`'s text whole, except where the first
-    characters of a response would merge with the ``:`` before it (punctuation right after ``:``).
+    The rendered text is encoded WHOLE, as sentencepiece and transformers' `apply_chat_template`
+    do, so training, chat, serving and HF agree on the ids. The mask comes from each token's
+    place in the text: a token is learned when it covers any learned character. Where a reply's
+    first characters merge with the ``:`` before them (``:《``, ``:--`` in the bundled vocabulary)
+    that merged token is learned: producing it is how the model starts such a reply.
     """
+    segments = _segments(messages, add_generation_prompt)
+    text = "".join(piece for piece, _ in segments)
+    ids = tokenizer.encode(text)
+    spans = _byte_spans(tokenizer, ids, text)
+    if spans is None:  # a tokenizer whose pieces do not spell the text (normalisation, <unk>)
+        return _encode_piecewise(tokenizer, segments)
+    learned_ranges, offset = [], 0
+    for piece, learned in segments:
+        size = len(piece.encode("utf-8"))
+        if learned:
+            learned_ranges.append((offset, offset + size))
+        offset += size
+    mask = [any(begin < stop and start < end for start, stop in learned_ranges) for begin, end in spans]
+    if tokenizer.bos_id is not None:
+        return [tokenizer.bos_id, *ids], [False, *mask]
+    return ids, mask
+
+
+def encode_chat_prompt(tokenizer: ChatTokenizer, messages: Sequence[dict[str, Any]]) -> list[int]:
+    """The ids a model is prompted with to reply: one BOS, the conversation, then ``<|Bot|>:``."""
+    return encode_chat(tokenizer, messages, add_generation_prompt=True)[0]
+
+
+def _byte_spans(tokenizer: ChatTokenizer, ids: list[int], text: str) -> list[tuple[int, int]] | None:
+    """Each token's [begin, end) in the UTF-8 bytes of `text`, from its piece; None when the
+    pieces do not add up to the text exactly."""
+    spans, offset = [], 0
+    for token_id in ids:
+        piece = tokenizer.id_to_token(token_id)
+        size = 1 if _BYTE_PIECE.fullmatch(piece) else len(piece.replace(SPACE_PIECE, " ").encode("utf-8"))
+        spans.append((offset, offset + size))
+        offset += size
+    return spans if offset == len(text.encode("utf-8")) else None
+
+
+def _encode_piecewise(tokenizer: ChatTokenizer, segments: list[tuple[str, bool]]) -> tuple[list[int], list[bool]]:
+    """Each run of same-mask text encoded on its own: exact masks for any tokenizer."""
     ids: list[int] = []
     mask: list[bool] = []
     if tokenizer.bos_id is not None:
         ids.append(tokenizer.bos_id)
         mask.append(False)
-    for text, learned in _merged(_segments(messages, add_generation_prompt)):
+    for text, learned in _merged(segments):
         piece_ids = tokenizer.encode(text)
         ids += piece_ids
         mask += [learned] * len(piece_ids)

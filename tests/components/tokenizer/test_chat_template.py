@@ -132,13 +132,21 @@ def test_malformed_messages_are_config_errors(message, problem):
     assert caught.value.where == "chat message 1"
 
 
-@pytest.mark.parametrize("response", ["Ay, my lord.", "--Ay, my lord."])
-def test_training_ids_extend_the_inference_prompt(tok, response):
-    """What the model is trained on starts with exactly what it is prompted with at inference, even
-    where the whole text would tokenize otherwise (":--" is one piece of the bundled vocabulary)."""
+@pytest.mark.parametrize("response", ["Ay, my lord.", "--Ay, my lord.", "《静夜思》"])
+def test_ids_are_the_whole_text_and_the_reply_is_learned(tok, response):
+    """Issue 13: the conversation is encoded whole (as HF's apply_chat_template does) even where a
+    reply's first characters merge with the ':' before them (":--", ":《" are single pieces of the
+    bundled vocabulary); every token that spells part of the reply or its <eoa> is learned."""
     question = [{"role": "user", "content": "Is it the king?"}]
-    prompt, _ = encode_chat(tok, question, add_generation_prompt=True)
-    ids, mask = encode_chat(tok, [*question, {"role": "assistant", "content": response}])
-    assert ids[: len(prompt)] == prompt and not any(mask[: len(prompt)])
-    assert ids[len(prompt):] == tok.encode(response + "<eoa>") + tok.encode("\n")
-    assert all(mask[len(prompt):-1]) and not mask[-1]
+    messages = [*question, {"role": "assistant", "content": response}]
+    ids, mask = encode_chat(tok, messages)
+    assert ids == tok.encode(render_chat(messages), bos=True)
+    prompt_text = render_chat(question, add_generation_prompt=True)
+    for token_id, learned, end in zip(ids[1:], mask[1:], _ends(tok, ids[1:])):
+        start = end - len(tok.decode([token_id]))
+        covers_reply = start < len(prompt_text) + len(response) + len("<eoa>") and end > len(prompt_text)
+        assert learned == covers_reply, (tok.id_to_token(token_id), start, end)
+
+
+def _ends(tok, ids):
+    return [len(tok.decode(ids[: i + 1])) for i in range(len(ids))]

@@ -1,0 +1,107 @@
+"""`load_engine(source)`: a run folder, a checkpoint folder or an ``hf:<dir>`` export onto a device.
+
+Every problem with the source is found before a weight is read: the folder must exist and hold a
+complete checkpoint, or (``hf:``) a config.json, weights and a sentencepiece ``tokenizer.model``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from internlm import registry
+from internlm.components.tokenizer.sentencepiece import SentencePieceConfig, SentencePieceTokenizer
+from internlm.errors import ConfigError
+from internlm.inference.engine import Engine
+from internlm.interop import load_hf_checkpoint, load_into, transformer_config_from_hf
+from internlm.runtime import checkpoint as ckpt
+from internlm.runtime.saved_run import checkpoint_model_config, load_model_state
+
+HF_PREFIX = "hf:"
+FIX = "pass a run folder, a checkpoint folder (…/checkpoints/step-N) or hf:<exported folder>"
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    choices = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+               "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in choices:
+        raise ConfigError(f"unknown dtype '{dtype}'", where="dtype", fix=f"use auto or one of: {', '.join(choices)}")
+    return choices[dtype]
+
+
+def model_id_of(source: str) -> str:
+    """The run or export folder's name (a checkpoint folder names its run)."""
+    path = Path(source[len(HF_PREFIX):] if source.startswith(HF_PREFIX) else source).expanduser().resolve()
+    if (path / "meta.json").is_file() and path.parent.name == "checkpoints":
+        return path.parent.parent.name
+    return path.name
+
+
+def load_model(source: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
+    """(model in eval mode on the device, tokenizer) from any source `load_engine` takes."""
+    source = str(source)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    if source.startswith(HF_PREFIX):
+        model_cfg, tokenizer, state = _hf_source(Path(source[len(HF_PREFIX):]).expanduser())
+    else:
+        model_cfg, tokenizer, state = _checkpoint_source(source)
+    model_cfg.init_from = None
+    with torch.device("meta"):
+        model = registry.build(model_cfg).to(dtype)
+    model = model.to_empty(device=device)
+    # Rotary frequencies stay fp32 (bf16 angles drift at long positions); buffers are not in a state dict.
+    model.rotary.inv_freq = torch.empty(model.rotary.inv_freq.shape, dtype=torch.float32, device=device)
+    model.rotary.reset_parameters()
+    load_into(model, state(), where=source)
+    return model.eval(), tokenizer
+
+
+def load_engine(source: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+                max_batch: int = 16, max_context: int | None = None, compile: bool | str = "auto") -> Engine:
+    """An Engine serving the model of `source`; a missing or bad source is a ConfigError before any
+    weight loads. `max_batch` = cache slots (requests decoded together); `max_context` = the
+    longest prompt + completion (default: the model's trained rotary range)."""
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise ConfigError(f"max_batch={max_batch!r} must be an integer >= 1", where="max_batch", fix="e.g. max_batch=16")
+    model, tokenizer = load_model(source, device, dtype)
+    return Engine(model, tokenizer, model_id_of(str(source)), max_context=max_context, max_batch=max_batch,
+                  compile=compile)
+
+
+def _checkpoint_source(source: str):
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ConfigError(f"checkpoint '{source}' does not exist", where="checkpoint", fix=FIX)
+    checkpoint = ckpt.find_checkpoint(str(path), path)
+    model_cfg, tokenizer = checkpoint_model_config(checkpoint)
+    return model_cfg, tokenizer, lambda: load_model_state(checkpoint)
+
+
+def _hf_source(folder: Path):
+    where = f"{HF_PREFIX}{folder}"
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"no config.json in {folder}", where=where, fix="point hf:<dir> at an exported folder (task=export_hf)")
+    tokenizer_file = folder / "tokenizer.model"
+    if not tokenizer_file.is_file():
+        raise ConfigError(f"no tokenizer.model in {folder}", where=where,
+                          fix="export with task=export_hf, or copy the sentencepiece tokenizer.model into the folder")
+    tokenizer = SentencePieceTokenizer(SentencePieceConfig(path=str(tokenizer_file)))
+    config_file = folder / "config.json"
+    try:
+        config = transformer_config_from_hf(json.loads(config_file.read_text()), where=str(config_file))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{config_file} is not JSON: {exc}", where=where, fix="re-export the folder") from None
+    return config, tokenizer, lambda: load_hf_checkpoint(folder)[1]

@@ -1,0 +1,74 @@
+"""What a caller may ask of one generation: length, sampling, stops. Checked before any work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from internlm.errors import ConfigError, suggest
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 1024  # upper bound on generated tokens (also bounded by the engine's max_context)
+    temperature: float = 0.8  # 0 = greedy; InternLM's chat default is 0.8
+    top_p: float = 0.8  # nucleus mass in (0, 1]; 1 = off
+    top_k: int = 0  # keep the k most likely tokens; 0 = off
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or output (CTRL / HF rule)
+    seed: int | None = None  # per-request sampling seed: the same seed gives the same tokens
+    stop_ids: tuple[int, ...] = ()  # token ids that end the completion (not part of its text)
+    stop_strings: tuple[str, ...] = ()  # texts that end the completion (cut from its text)
+    do_sample: bool = True  # False = greedy whatever the temperature
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "sampling") -> "SamplingParams":
+        """Build from user input, refusing unknown fields with a close-match suggestion."""
+        known = {f.name for f in fields(cls)}
+        for name in values:
+            if name not in known:
+                raise ConfigError(f"unknown sampling field '{name}'{suggest(name, known)}", where=f"{where}.{name}",
+                                  fix=f"use one of: {', '.join(sorted(known))}")
+        values = dict(values)
+        for name in ("stop_ids", "stop_strings"):
+            if name in values and values[name] is not None and not isinstance(values[name], (str, int)):
+                values[name] = tuple(values[name])
+        return cls(**values).validate(where)
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+    def validate(self, where: str = "sampling") -> "SamplingParams":
+        """self, or a ConfigError naming the first bad field."""
+
+        def bad(name: str, rule: str) -> ConfigError:
+            return ConfigError(f"{name}={getattr(self, name)!r} is out of range: {rule}", where=f"{where}.{name}",
+                               fix=f"set {name} so that {rule}")
+
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise bad("max_new_tokens", "it is an integer >= 1")
+        if not _is_number(self.temperature) or self.temperature < 0:
+            raise bad("temperature", "0 <= temperature (0 = greedy)")
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            raise bad("top_p", "0 < top_p <= 1")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise bad("top_k", "top_k is an integer >= 0 (0 = off)")
+        if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise bad("repetition_penalty", "repetition_penalty > 0 (1 = off)")
+        if self.seed is not None and not _is_int(self.seed):
+            raise bad("seed", "seed is an integer or null")
+        if not isinstance(self.stop_ids, tuple) or not all(_is_int(i) and i >= 0 for i in self.stop_ids):
+            raise bad("stop_ids", "stop_ids is a list of token ids")
+        if not isinstance(self.stop_strings, tuple) or not all(isinstance(s, str) and s for s in self.stop_strings):
+            raise bad("stop_strings", "stop_strings is a list of non-empty strings")
+        if not isinstance(self.do_sample, bool):
+            raise bad("do_sample", "do_sample is true or false")
+        return self
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
