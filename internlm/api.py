@@ -12,7 +12,7 @@ from typing import Any
 
 from internlm.preflight import check_overrides, compose as hydra_compose
 from internlm.program import run_program
-from internlm.runtime.saved_run import load  # noqa: F401  (public: internlm.load)
+from internlm.inference.chat_api import load  # noqa: F401  (public: internlm.load, with model.chat)
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()):
