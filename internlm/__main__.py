@@ -1,12 +1,12 @@
 """`python -m internlm [overrides]`: compose the config (Hydra) -> compile -> run the task.
 
 Overrides are checked before Hydra runs, so a typo gets one message with a suggestion instead of
-a traceback, and nothing has been written yet.
+a traceback, and nothing has been written yet. `--help` is answered from conf/ alone, without
+importing the training stack.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -16,16 +16,35 @@ from omegaconf import DictConfig
 from internlm.config import store_root_schema
 from internlm.errors import ConfigError
 from internlm.paths import conf_dir
-from internlm.preflight import check_overrides, rewrite_deprecated
-from internlm.program import run_program
 
 store_root_schema()
-log = logging.getLogger("internlm")
+HELP_FLAGS = {"--help", "-h"}
+
+USAGE = """usage: python -m internlm [group=option ...] [key=value ...] [-m] [--cfg job] [--hydra-help]
+
+  group=option   pick a file of a config group     model=internlm_7b  data=store  task=plan
+  key=value      change a field                    optimizer.lr=3e-4  trainer.max_steps=10
+  -m             sweep (multirun)                  -m optimizer.lr=1e-4,3e-4
+  --cfg job      print the composed config and exit
+  task=components   every registered component and its fields
+"""
+
+
+def help_text() -> str:
+    """Usage and the choices of every config group, read from conf/ (nothing is composed)."""
+    lines = [USAGE, "config groups (conf/<group>/<option>.yaml):"]
+    for group in sorted(p for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra"):
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        if options:
+            lines.append(f"  {group.name:<11} {', '.join(options)}")
+    return "\n".join(lines)
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def hydra_entry(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+
+    from internlm.program import run_program
 
     try:
         run_program(cfg, Path(HydraConfig.get().runtime.output_dir))
@@ -35,6 +54,12 @@ def hydra_entry(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    if HELP_FLAGS & set(sys.argv[1:]):
+        print(help_text())
+        return
+    # The training stack is imported only now: `--help` above never pays for it.
+    from internlm.preflight import check_overrides, rewrite_deprecated
+
     try:
         sys.argv[1:] = rewrite_deprecated(sys.argv[1:])
         check_overrides(sys.argv[1:])

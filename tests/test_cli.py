@@ -88,3 +88,23 @@ def test_a_mixture_source_with_a_misspelt_field_is_named(tmp_path):
     result = internlm("data=mixture", "+data.sources.web={pth: x}", "data.seq_len=64", "trainer.max_steps=1", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
     assert result.returncode == 2
     assert "data.sources.web" in result.stderr and "pth" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_lists_every_group_and_its_options_without_importing_the_training_stack(tmp_path):
+    result = internlm("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    model_line = next(line for line in result.stdout.splitlines() if line.strip().startswith("model "))
+    assert "internlm_7b" in model_line and "tiny" in model_line and "base" not in model_line
+    assert "task=components" in result.stdout
+    probe = "import sys, internlm.__main__ as m; m.help_text(); print('lightning' in sys.modules, 'internlm.program' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_deprecated_prepare_spelling_still_works_with_a_note(tmp_path):
+    corpus = tmp_path / "in.jsonl"
+    corpus.write_text('{"text": "To be, or not to be"}\n{"text": "that is the question"}\n')
+    result = internlm("task=prepare_data", f"prepare.input=[{corpus}]", f"prepare.output={tmp_path / 'store'}", "task.progress=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "'prepare.input' is deprecated; use 'task.input'" in result.stderr
+    assert (tmp_path / "store").is_dir()
