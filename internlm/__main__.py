@@ -7,6 +7,8 @@ importing the training stack.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from internlm.paths import conf_dir
 
 store_root_schema()
 HELP_FLAGS = {"--help", "-h"}
+HYDRA_FILES = {".hydra", "__main__.log"}  # what Hydra writes into a run folder before the program starts
+EXISTING_RUN_DIRS: set[Path] = set()  # run folders named on the command line that existed before this run
 
 USAGE = """usage: python -m internlm [group=option ...] [key=value ...] [-m] [--cfg job] [--hydra-help]
 
@@ -46,10 +50,15 @@ def hydra_entry(cfg: DictConfig) -> None:
 
     from internlm.program import run_program
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    # Hydra made it for this run just now (not a folder the user named that already existed)
+    fresh = run_dir.resolve() not in EXISTING_RUN_DIRS and set(os.listdir(run_dir)) <= HYDRA_FILES
     try:
-        run_program(cfg, Path(HydraConfig.get().runtime.output_dir))
+        run_program(cfg, run_dir)
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
+        if fresh:  # a refused run leaves no folder behind (an earlier run's folder is left as it was)
+            shutil.rmtree(run_dir, ignore_errors=True)
         sys.exit(2)
 
 
@@ -66,6 +75,9 @@ def main() -> None:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         sys.exit(2)
+    for arg in sys.argv[1:]:
+        if arg.startswith("hydra.run.dir=") and Path(arg.partition("=")[2]).expanduser().exists():
+            EXISTING_RUN_DIRS.add(Path(arg.partition("=")[2]).expanduser().resolve())
     hydra_entry()
 
 

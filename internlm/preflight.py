@@ -3,7 +3,11 @@ bad values and unknown config files one clear message, and nothing is written.""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -56,14 +60,64 @@ def check_key(cfg: DictConfig, key: str) -> None:
         children = list(node.keys()) if isinstance(node, DictConfig) else []
         if not isinstance(node, DictConfig) or part not in node:
             where = ".".join(walked) or "the root config"
+            deeper = nested_paths(node, part, ".".join(walked)) if isinstance(node, DictConfig) else []
+            hint = f" (did you mean '{deeper[0]}'?)" if deeper else suggest(part, children)
             raise ConfigError(
                 f"unknown config key '{key}'",
                 where=where,
-                fix=f"'{part}' is not a field of {where}{suggest(part, children)}; "
-                f"fields: {', '.join(map(str, children))}",
+                fix=f"'{part}' is not a field of {where}{hint}; fields: {', '.join(map(str, children)) or '(none)'}",
             )
         walked.append(part)
         node = node[part]
+
+
+def nested_paths(node: DictConfig, name: str, prefix: str) -> list[str]:
+    """Dotted paths below `node` whose last part is `name` (model.num_heads -> model.attention.num_heads)."""
+    found = []
+    for child in node.keys():
+        value = node[child]
+        path = f"{prefix}.{child}" if prefix else str(child)
+        if child == name:
+            found.append(path)
+        elif isinstance(value, DictConfig):
+            found += nested_paths(value, name, path)
+    return found
+
+
+def check_addition(cfg: DictConfig, key: str) -> None:
+    """`+key=value` adds keys only to free-form dicts (e.g. `+data.sources.web={...}`): a typed
+    section has exactly its declared fields, so an addition there is a typo of one of them."""
+    parent_key, _, _ = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if parent is None:
+        check_key(cfg, parent_key)  # names the missing part
+    if isinstance(parent, DictConfig) and (not parent_key or dataclasses.is_dataclass(OmegaConf.get_type(parent))):
+        check_key(cfg, key)
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Try it (permissions alone do not say: root, read-only mounts, /proc): make and remove a folder."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".internlm-probe-", dir=folder))
+        return True
+    except OSError:
+        return False
+
+
+def check_run_dir(value: str) -> None:
+    """`hydra.run.dir=...` must be a folder this user can create or write, before Hydra makes it."""
+    if "${" in value:
+        return
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"hydra.run.dir={value} is a file, not a folder", where="hydra.run.dir", fix="name a folder (new or existing)")
+    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    if existing is None or not _can_create_in(existing):
+        raise ConfigError(
+            f"cannot create or write the run folder {value}: {existing} is not writable",
+            where="hydra.run.dir",
+            fix="choose a folder you can write, e.g. hydra.run.dir=outputs/my-run",
+        )
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -84,9 +138,20 @@ def check_overrides(argv: list[str]) -> None:
         raise ConfigError(_first_line(exc), where="config group choice", fix=_group_fix(exc)) from None
     for o in parsed:
         key = o.key_or_group
-        if key.startswith("hydra") or o.is_add() or o.is_force_add() or o.is_delete() or _is_group(o):
+        if key == "hydra.run.dir" and not o.is_sweep_override():
+            check_run_dir(str(o.value()))
+        if key.startswith("hydra") or o.is_delete() or _is_group(o):
             continue
-        check_key(base, key)
+        if o.is_sweep_override() and not multirun:
+            raise ConfigError(
+                f"'{o.input_line}' gives several values, which is a sweep",
+                where=key,
+                fix=f"add -m to run one job per value (python -m internlm -m {o.input_line}), or give one value",
+            )
+        if o.is_add() or o.is_force_add():
+            check_addition(base, key)
+        else:
+            check_key(base, key)
     if not multirun:  # values of sweeps are checked per job
         try:
             compose(overrides)

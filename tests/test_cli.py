@@ -108,3 +108,30 @@ def test_deprecated_prepare_spelling_still_works_with_a_note(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "'prepare.input' is deprecated; use 'task.input'" in result.stderr
     assert (tmp_path / "store").is_dir()
+
+
+def test_a_refused_run_leaves_no_folder_and_a_users_folder_untouched(tmp_path):
+    bad = ["data=text", "data.paths=[/nonexistent/corpus.jsonl]", "trainer.max_steps=2"]
+    result = internlm(*bad, f"hydra.run.dir={tmp_path / 'new-run'}", cwd=tmp_path)
+    assert result.returncode == 2 and "data file not found" in result.stderr
+    assert not (tmp_path / "new-run").exists()  # no .hydra/, no plan.yaml, no folder
+    mine = tmp_path / "my-folder"
+    mine.mkdir()
+    result = internlm(*bad, f"hydra.run.dir={mine}", cwd=tmp_path)
+    assert result.returncode == 2 and mine.is_dir()
+
+
+def test_misleading_command_lines_get_the_right_hint(tmp_path):
+    cases = {
+        "+trainer.maxsteps=3": "did you mean 'max_steps'",
+        "+foo=bar": "'foo' is not a field of the root config",
+        "model.num_heads=5": "did you mean 'model.attention.num_heads'",
+        "optimizer.lr=1e-3,3e-3": "add -m",
+        "hydra.run.dir=/proc/run": "cannot create or write the run folder",
+    }
+    for arg, hint in cases.items():
+        result = internlm(arg, "task=plan", cwd=tmp_path)
+        assert result.returncode == 2, arg
+        assert hint in result.stderr, (arg, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists()  # nothing written by any of them
