@@ -40,7 +40,8 @@ def select_shots(item: Item, pool: Sequence[Item], k: int, ids: Sequence[int] | 
     """k examples of the item's subject from the pool, at fixed positions, skipping the item."""
     if k <= 0:
         return []
-    same = [x for x in pool if x.subject == item.subject and x.id != item.id]
+    # Never the item itself, nor a duplicate of it (MMLU's test split repeats a few questions).
+    same = [x for x in pool if x.subject == item.subject and x is not item and x.fields != item.fields]
     chosen = [same[i] for i in ids if i < len(same)] if ids is not None else same
     return chosen[:k]
 

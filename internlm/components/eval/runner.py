@@ -87,7 +87,8 @@ def load_dataset(name: str, config: DatasetConfig, suite: EvalSuiteConfig, with_
         config.chat = suite.chat
     if not with_items:
         return Dataset(name, config, [], [], evaluator, version(config))
-    splits = LOADERS[config.format](dataset_path(name, config, suite.data_dir), config.split)
+    path = dataset_path(name, config, suite.data_dir)  # checks the format name first
+    splits = LOADERS[config.format](path, config.split)
     items = splits[config.split]
     limit = config.limit if config.limit is not None else suite.limit
     scored = [with_labels(item, config.labels) for item in (items[:limit] if limit is not None else items)]
@@ -96,7 +97,10 @@ def load_dataset(name: str, config: DatasetConfig, suite: EvalSuiteConfig, with_
         raise ConfigError(f"no split '{pool_name}' for the few-shot examples of '{name}'", where=f"eval.datasets.{name}.fewshot_split",
                           fix=f"choose one of {sorted(splits)}")
     pool = [with_labels(item, config.labels) for item in splits.get(pool_name, [])]
-    shots = [select_shots(item, pool, config.fewshot, config.fewshot_ids) for item in scored]
+    by_subject: dict[str, list[Item]] = {}
+    for example in pool if config.fewshot else []:
+        by_subject.setdefault(example.subject, []).append(example)
+    shots = [select_shots(item, by_subject.get(item.subject, []), config.fewshot, config.fewshot_ids) for item in scored]
     return Dataset(name, config, scored, shots, evaluator, version(config))
 
 
