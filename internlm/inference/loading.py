@@ -35,7 +35,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     choices = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-               "fp32": torch.float32, "float32": torch.float32}
+               "fp32": torch.float32, "float32": torch.float32, "fp64": torch.float64, "float64": torch.float64}
     if dtype not in choices:
         raise ConfigError(f"unknown dtype '{dtype}'", where="dtype", fix=f"use auto or one of: {', '.join(choices)}")
     return choices[dtype]
