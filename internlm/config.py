@@ -35,6 +35,7 @@ class TrainerConfig:
     keep_checkpoints: int = 3  # newest checkpoints kept in the run folder
     async_checkpoint: bool = False  # write checkpoints in a background thread; committed once written
     resume: str | None = None  # null | auto (newest complete checkpoint in the run folder) | a checkpoint path
+    stop_file: str | None = None  # when this file exists, save a checkpoint after the current step and stop (InternLM's stop_file_path)
     activation_checkpointing: str = "none"  # none | full | selective (every k-th block) | op (keep matmul outputs)
     activation_checkpointing_every: int = 1  # selective: recompute every k-th block
     compile: bool | None = None  # torch.compile each block; null = on for GPUs, off on CPU

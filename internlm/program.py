@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import internlm.tasks  # noqa: F401  (registers every task and component)
 from internlm import registry
 from internlm.components.model import attention_backends
 from internlm.config import RootConfig
+from internlm.launch.slurm_layout import check_slurm_layout
 from internlm.planning import Facts, compile_plan, to_typed, write_plan
 from internlm.runtime.parts import RunParts
 from internlm.tasks.base import RunContext, Task
@@ -58,6 +60,8 @@ def run_program(cfg: DictConfig, run_dir: Path) -> Any:
     pieces = build_pieces(config, task)
     facts = probe_facts(pieces.get("tokenizer"))
     plan = compile_plan(config, facts, pieces["strategy"], pieces.get("scheduler"), trains=task.trains)
+    if task.trains:  # inside a Slurm step, its tasks must be the world size (before any process group)
+        check_slurm_layout(os.environ, config.trainer.num_nodes, config.trainer.devices)
     task.check_run_folder(config, cfg, run_dir)  # e.g. resume rules, before anything is written
     for note in plan.warnings:
         log.warning(note)

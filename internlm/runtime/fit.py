@@ -22,6 +22,7 @@ from internlm.runtime import checkpoint
 from internlm.runtime.console import Console
 from internlm.runtime.generation import generate
 from internlm.runtime.metrics import StepTimer, keep_csv_history, peak_memory_gib, throughput
+from internlm.runtime.preemption import StopRequest
 
 log = logging.getLogger("internlm")
 
@@ -64,6 +65,9 @@ def fit(ctx, objective: Objective | None = None) -> dict:
     console = Console(fabric, trainer, start_step)
     timer = StepTimer(fabric.device)
     history: list[float] = []
+    # USR2 (Slurm preemption), SIGTERM or trainer.stop_file: every rank stops after the same step, with a checkpoint.
+    stop = StopRequest(trainer.stop_file, requeue=bool(trainer.resume)).install()
+    done = start_step
     for step in range(start_step, trainer.max_steps):
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler moves it after)
         batches = [next(loader) for _ in range(plan.grad_accumulation)]
@@ -82,14 +86,20 @@ def fit(ctx, objective: Objective | None = None) -> dict:
         if done % trainer.log_every == 0 or done == trainer.max_steps or "val/loss" in metrics:
             fabric.log_dict(metrics, step=done)
         console.update(done, metrics)
-        if checkpoint_due(trainer, done):
+        stopping = stop.should_stop(fabric)
+        if checkpoint_due(trainer, done) or stopping:
             state["step"] = done
             checkpoint.save(
                 fabric, ctx.run_dir, done, state, ctx.raw, ctx.components, trainer.keep_checkpoints,
                 async_save=trainer.async_checkpoint,
             )
             timer.lap()
+        if stopping:
+            break
     checkpoint.wait_for_pending()
+    if stop.reason:
+        stop.finish(fabric, done)  # a preempted Slurm job is requeued here and leaves (preemption.Requeued)
+    stop.restore()
     console.close()
     for logger in fabric.loggers:
         logger.finalize("success")
