@@ -222,9 +222,20 @@ class Engine:
         import torch._dynamo
 
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        # The cache is written in place inside the graph: static addresses let CUDA graphs keep it
+        # (as gpt-fast's and transformers' static caches do) instead of skipping capture.
+        torch._dynamo.mark_static_address(self.cache.keys)
+        torch._dynamo.mark_static_address(self.cache.values)
         compiled = torch.compile(cached_forward.decode, mode="reduce-overhead", fullgraph=True, dynamic=False)
 
         def run(*args):
-            return compiled(*args).clone()  # CUDA graph outputs are overwritten by the next replay
+            if not self.compiled:
+                return cached_forward.decode(*args)
+            try:
+                return compiled(*args).clone()  # CUDA graph outputs are overwritten by the next replay
+            except Exception:  # a compiler failure must not take serving down: decode eagerly from now on
+                log.exception("compiled decode failed; decoding eagerly from now on")
+                self.compiled = False
+                return cached_forward.decode(*args)  # rewriting this step's cache entries is harmless
 
         return run
