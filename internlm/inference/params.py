@@ -29,8 +29,10 @@ class SamplingParams:
                 raise ConfigError(f"unknown sampling field '{name}'{suggest(name, known)}", where=f"{where}.{name}",
                                   fix=f"use one of: {', '.join(sorted(known))}")
         values = dict(values)
+        if isinstance(values.get("stop_strings"), str):  # OpenAI's `stop` may be one string
+            values["stop_strings"] = (values["stop_strings"],)
         for name in ("stop_ids", "stop_strings"):
-            if name in values and values[name] is not None and not isinstance(values[name], (str, int)):
+            if isinstance(values.get(name), (list, tuple)):
                 values[name] = tuple(values[name])
         return cls(**values).validate(where)
 
