@@ -6,6 +6,7 @@ complete checkpoint, or (``hf:``) a config.json, weights and a sentencepiece ``t
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -15,12 +16,15 @@ from internlm import registry
 from internlm.components.tokenizer.sentencepiece import SentencePieceConfig, SentencePieceTokenizer
 from internlm.errors import ConfigError
 from internlm.inference.engine import Engine
-from internlm.interop import load_hf_checkpoint, load_into, transformer_config_from_hf
+from internlm.interop import load_hf_checkpoint, load_internlm_checkpoint, load_into, transformer_config_from_hf
+from internlm.interop.internlm_format import SHARD_NAME as SHARD
 from internlm.runtime import checkpoint as ckpt
 from internlm.runtime.saved_run import checkpoint_model_config, load_model_state
 
 HF_PREFIX = "hf:"
-FIX = "pass a run folder, a checkpoint folder (…/checkpoints/step-N) or hf:<exported folder>"
+INTERNLM_PREFIX = "internlm:"
+FIX = ("pass a run folder, a checkpoint folder (…/checkpoints/step-N), hf:<exported folder> or "
+       "internlm:<folder of model_tp*_pp*.pt>")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -43,21 +47,27 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
 def model_id_of(source: str) -> str:
     """The run or export folder's name (a checkpoint folder names its run)."""
-    path = Path(source[len(HF_PREFIX):] if source.startswith(HF_PREFIX) else source).expanduser().resolve()
+    for prefix in (HF_PREFIX, INTERNLM_PREFIX):
+        source = source.removeprefix(prefix)
+    path = Path(source).expanduser().resolve()
     if (path / "meta.json").is_file() and path.parent.name == "checkpoints":
         return path.parent.parent.name
     return path.name
 
 
-def load_model(source: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"):
+def load_model(source: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+               model_config=None, tokenizer=None):
     """(model in eval mode on the device, tokenizer) from any source `load_engine` takes."""
     source = str(source)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if source.startswith(HF_PREFIX):
         model_cfg, tokenizer, state = _hf_source(Path(source[len(HF_PREFIX):]).expanduser())
+    elif source.startswith(INTERNLM_PREFIX):
+        model_cfg, state = _internlm_source(Path(source[len(INTERNLM_PREFIX):]).expanduser(), model_config, tokenizer)
     else:
         model_cfg, tokenizer, state = _checkpoint_source(source)
+    model_cfg = copy.deepcopy(model_cfg)
     model_cfg.init_from = None
     with torch.device("meta"):
         model = registry.build(model_cfg).to(dtype)
@@ -70,13 +80,16 @@ def load_model(source: str | Path, device: str | torch.device = "auto", dtype: s
 
 
 def load_engine(source: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-                max_batch: int = 16, max_context: int | None = None, compile: bool | str = "auto") -> Engine:
+                max_batch: int = 16, max_context: int | None = None, compile: bool | str = "auto",
+                model_config=None, tokenizer=None) -> Engine:
     """An Engine serving the model of `source`; a missing or bad source is a ConfigError before any
     weight loads. `max_batch` = cache slots (requests decoded together); `max_context` = the
-    longest prompt + completion (default: the model's trained rotary range)."""
+    longest prompt + completion (default: the model's trained rotary range). An ``internlm:``
+    folder (the original trainer's shards) holds no config: pass `model_config` (a
+    TransformerConfig) and `tokenizer`."""
     if not isinstance(max_batch, int) or max_batch < 1:
         raise ConfigError(f"max_batch={max_batch!r} must be an integer >= 1", where="max_batch", fix="e.g. max_batch=16")
-    model, tokenizer = load_model(source, device, dtype)
+    model, tokenizer = load_model(source, device, dtype, model_config, tokenizer)
     return Engine(model, tokenizer, model_id_of(str(source)), max_context=max_context, max_batch=max_batch,
                   compile=compile)
 
@@ -88,6 +101,18 @@ def _checkpoint_source(source: str):
     checkpoint = ckpt.find_checkpoint(str(path), path)
     model_cfg, tokenizer = checkpoint_model_config(checkpoint)
     return model_cfg, tokenizer, lambda: load_model_state(checkpoint)
+
+
+def _internlm_source(folder: Path, model_config, tokenizer):
+    where = f"{INTERNLM_PREFIX}{folder}"
+    if not folder.is_dir() or not any(SHARD.match(p.name) for p in folder.iterdir()):
+        raise ConfigError(f"no model_tp*_pp*.pt files in {folder}", where=where,
+                          fix="point internlm:<dir> at a folder of the original trainer's checkpoint shards")
+    if model_config is None or tokenizer is None:
+        raise ConfigError("an internlm: folder has no model config or tokenizer", where=where,
+                          fix="give the model and tokenizer it was trained with (e.g. model=internlm_7b tokenizer.path=...)")
+    model_config = copy.deepcopy(model_config)
+    return model_config, lambda: load_internlm_checkpoint(folder, model_config)
 
 
 def _hf_source(folder: Path):

@@ -12,11 +12,11 @@ from typing import TextIO
 
 from internlm.components.tokenizer.chat_template import stop_ids
 from internlm.errors import ConfigError
-from internlm.inference import SamplingParams, load_engine
+from internlm.inference import SamplingParams
 from internlm.inference.chat_api import history_messages
 from internlm.registry import register
 from internlm.tasks.base import RunContext, Task
-from internlm.tasks.generate import require_checkpoint
+from internlm.tasks.generate import open_engine
 
 BANNER = "Chat with {model}. /clear forgets the conversation, /exit quits."
 USER_PROMPT = "User: "
@@ -44,10 +44,9 @@ class Chat(Task):
 
     def run(self, ctx: RunContext, stdin: TextIO | None = None, stdout: TextIO | None = None) -> list[tuple[str, str]]:
         cfg = self.config
-        source = require_checkpoint(ctx, "chat")
         base = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                               top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty, seed=cfg.seed).validate("task")
-        with load_engine(source, device=cfg.device, dtype=cfg.dtype, max_batch=1) as engine:
+        with open_engine(ctx, "chat", cfg.device, cfg.dtype) as engine:
             params = SamplingParams(**{**base.__dict__, "stop_ids": tuple(stop_ids(engine.tokenizer))})
             return ChatSession(engine, params, cfg.system, stdin or sys.stdin, stdout or sys.stdout).loop()
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from internlm.errors import ConfigError
 from internlm.inference import SamplingParams, load_engine
+from internlm.inference.loading import INTERNLM_PREFIX
 from internlm.registry import register
 from internlm.tasks.base import RunContext, Task
 
@@ -26,8 +27,18 @@ class GenerateConfig:
 def require_checkpoint(ctx: RunContext, task: str) -> str:
     if not ctx.config.checkpoint:
         raise ConfigError(f"task={task} needs a checkpoint", where="checkpoint",
-                          fix="add checkpoint=<run folder, checkpoint folder or hf:<exported folder>>")
+                          fix="add checkpoint=<run folder, checkpoint folder, hf:<exported folder> or internlm:<shards folder>>")
     return ctx.config.checkpoint
+
+
+def open_engine(ctx: RunContext, task: str, device: str, dtype: str):
+    """The engine over `checkpoint=`; an internlm: folder (no config inside) uses the run's
+    configured model and tokenizer."""
+    source = require_checkpoint(ctx, task)
+    extra = {}
+    if source.startswith(INTERNLM_PREFIX):
+        extra = {"model_config": ctx.config.model, "tokenizer": ctx.parts.tokenizer}
+    return load_engine(source, device=device, dtype=dtype, max_batch=1, **extra)
 
 
 @register("task", "generate", GenerateConfig)
@@ -38,10 +49,9 @@ class Generate(Task):
 
     def run(self, ctx: RunContext) -> str:
         cfg = self.config
-        source = require_checkpoint(ctx, "generate")
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                 top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty, seed=cfg.seed).validate("task")
-        with load_engine(source, device=cfg.device, dtype=cfg.dtype, max_batch=1) as engine:
+        with open_engine(ctx, "generate", cfg.device, cfg.dtype) as engine:
             params = SamplingParams(**{**params.__dict__, "stop_ids": (engine.tokenizer.eos_id,)})
             text = engine.generate([engine.tokenizer.encode(cfg.prompt, bos=True)], params)[0].text
         print(cfg.prompt + text)

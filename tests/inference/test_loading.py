@@ -43,3 +43,22 @@ def test_bad_engine_options(trained_run):
         load_engine(trained_run, max_batch=0)
     with pytest.raises(ConfigError, match="unknown dtype"):
         load_engine(trained_run, dtype="fp7")
+
+
+def test_original_internlm_shards_load_with_the_configured_model(trained_run, tmp_path):
+    from internlm.api import run
+    from internlm.interop import save_internlm_checkpoint
+
+    model, tokenizer = internlm.load(trained_run)
+    shards = tmp_path / "internlm-shards"
+    save_internlm_checkpoint(model.state_dict(), model.config, shards, tp=2, pp=2)
+    prompt = tokenizer.encode("O Romeo", bos=True)
+    expected = uncached(model, prompt, GREEDY)
+    with load_engine(f"internlm:{shards}", device="cpu", max_batch=1, model_config=model.config, tokenizer=tokenizer) as engine:
+        assert engine.generate([prompt], GREEDY)[0].token_ids == expected
+    with pytest.raises(ConfigError, match="no model config or tokenizer"):
+        load_engine(f"internlm:{shards}")
+    # task=generate reads them with the run's configured model (the default tiny one) and tokenizer.
+    text = run(["task=generate", f"checkpoint=internlm:{shards}", "task.prompt=O Romeo", "task.max_new_tokens=12"],
+               tmp_path / "gen")
+    assert text == tokenizer.decode([t for t in expected if t != tokenizer.eos_id])
