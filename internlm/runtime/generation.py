@@ -1,7 +1,8 @@
 """Token-by-token decoding: greedy, or temperature + nucleus (top-p) sampling.
 
 Recomputes the whole prefix at every step (no KV cache): simple and exact, fine for the short
-samples of training runs and tests; serving gets its own cached path.
+samples of training runs and the reference some tests compare against. Everything else (generate,
+chat, serve, web demo, eval) runs on the cached engine in `internlm.inference`.
 """
 
 from __future__ import annotations
