@@ -29,6 +29,7 @@ class WebDemoConfig:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
     title: str | None = None  # page title; null = the model's name
+    max_length: int = 2048  # the Max Length slider's starting value (prompt + reply tokens, 32..2048)
 
 
 def streamlit_command(checkpoint: str, config: WebDemoConfig) -> list[str]:
@@ -36,7 +37,7 @@ def streamlit_command(checkpoint: str, config: WebDemoConfig) -> list[str]:
         sys.executable, "-m", "streamlit", "run", str(APP),
         "--server.address", config.host, "--server.port", str(config.port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false",
-        "--", checkpoint, "--device", config.device, "--dtype", config.dtype,
+        "--", checkpoint, "--device", config.device, "--dtype", config.dtype, "--max-length", str(config.max_length),
     ]
     return command + (["--title", config.title] if config.title else [])
 
@@ -56,6 +57,9 @@ class WebDemo(Task):
         if not Path(source).expanduser().exists():
             raise ConfigError(f"'{source}' does not exist", where="checkpoint",
                               fix="pass a run folder, a checkpoint folder or hf:<exported folder>")
+        if not 32 <= self.config.max_length <= 2048:
+            raise ConfigError(f"task.max_length={self.config.max_length} is outside the slider's range",
+                              where="task.max_length", fix="use 32..2048")
         if not 0 <= self.config.port <= 65535:
             raise ConfigError(f"task.port={self.config.port} is out of range", where="task.port", fix="use a TCP port 0..65535")
 

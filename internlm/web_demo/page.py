@@ -16,7 +16,7 @@ from internlm.errors import ConfigError
 from internlm.inference import load_engine
 from internlm.web_demo.chat import CURSOR, Controls, TooLong, stream_reply
 
-AVATARS = {"user": "🧑", "assistant": "🤖"}
+AVATARS = {"user": ":material/person:", "assistant": ":material/smart_toy:"}  # icons bundled with Streamlit
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -25,6 +25,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--dtype", default="auto", help="auto | bf16 | fp16 | fp32")
     parser.add_argument("--title", default=None, help="page title (default: the model's name)")
+    parser.add_argument("--max-length", type=int, default=2048, help="Max Length slider's starting value (32..2048)")
     return parser.parse_args(argv)
 
 
@@ -33,9 +34,9 @@ def engine_for(checkpoint: str, device: str, dtype: str):
     return load_engine(checkpoint, device=device, dtype=dtype)
 
 
-def sidebar_controls() -> Controls:
+def sidebar_controls(max_length: int) -> Controls:
     with st.sidebar:
-        max_length = st.slider("Max Length", min_value=32, max_value=2048, value=2048)
+        max_length = st.slider("Max Length", min_value=32, max_value=2048, value=min(max(max_length, 32), 2048))
         top_p = st.slider("Top P", 0.0, 1.0, 0.8, step=0.01)
         temperature = st.slider("Temperature", 0.0, 1.0, 0.7, step=0.01)
         st.button("Clear Chat History", on_click=lambda: st.session_state.messages.clear())
@@ -50,7 +51,7 @@ def main(argv: list[str]) -> None:
         st.error(error.render())
         st.stop()
     st.title(args.title or engine.model_id)
-    controls = sidebar_controls()
+    controls = sidebar_controls(args.max_length)
     messages = st.session_state.setdefault("messages", [])
     for message in messages:
         with st.chat_message(message["role"], avatar=AVATARS[message["role"]]):
