@@ -29,6 +29,10 @@ class Batch:
     position_ids: torch.Tensor
     cu_seqlens: torch.Tensor | None = None
     max_seqlen: int | None = None
+    # Preference pairs (data=preference, objective=dpo); None for every other data source.
+    sequence_pair: torch.Tensor | None = None  # [B, S] int64: the micro batch's pair index of each token, -1 on padding
+    sequence_chosen: torch.Tensor | None = None  # [B, S] bool: True on the chosen answer's sequence
+    pair_keys: torch.Tensor | None = None  # [P] int64: each pair's index in the dataset (reference log-prob cache)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         moved = {
