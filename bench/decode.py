@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--ttft-len", type=int, default=1024, help="prompt length of the time-to-first-token run")
     parser.add_argument("--no-hf", action="store_true", help="skip transformers")
     parser.add_argument("--no-eager", action="store_true", help="skip our eager (uncompiled) decode on CUDA")
+    parser.add_argument("--no-graphs", action="store_true", help="skip our compiled (CUDA graph) decode")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args()
 
@@ -177,7 +178,7 @@ def main() -> None:
     tokenizer = WrappingTokenizer()
     results: dict[str, dict] = {}
 
-    modes = [("engine (CUDA graphs)", True)] if device.type == "cuda" else []
+    modes = [("engine (CUDA graphs)", True)] if device.type == "cuda" and not args.no_graphs else []
     if device.type == "cpu" or not args.no_eager:
         modes.append(("engine (eager)", False))
     for name, compiled in modes:

@@ -9,7 +9,7 @@ do not depend on what else runs beside it.
 
 On CUDA the decode step is compiled with CUDA graphs (gpt-fast's recipe: fixed shapes, a static
 cache). Shapes are rounded up to buckets (batch: powers of two; attended length: powers of two
-from 128) so a few graphs serve every step. On CPU it runs eagerly at exact shapes.
+from 128) so a few recorded graphs serve every step. On CPU it runs eagerly at exact shapes.
 """
 
 from __future__ import annotations
@@ -221,12 +221,18 @@ class Engine:
     def _compiled_decode(self):
         import torch._dynamo
 
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        # Room for a graph per (batch bucket, length bucket): 7 x 6 for 64 slots and 4,096 positions.
+        for limit in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
+            if hasattr(torch._dynamo.config, limit):
+                setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 256))
         # The cache is written in place inside the graph: static addresses let CUDA graphs keep it
         # (as gpt-fast's and transformers' static caches do) instead of skipping capture.
         torch._dynamo.mark_static_address(self.cache.keys)
         torch._dynamo.mark_static_address(self.cache.values)
-        compiled = torch.compile(cached_forward.decode, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        # dynamic=None: the first shape compiles static; a second batch or length size recompiles
+        # once with that size symbolic, so a 7B model compiles ~3 times, not once per bucket. CUDA
+        # graphs are still recorded per (bucketed) shape, which is cheap.
+        compiled = torch.compile(cached_forward.decode, mode="reduce-overhead", fullgraph=True, dynamic=None)
 
         def run(*args):
             if not self.compiled:
