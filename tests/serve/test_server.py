@@ -217,15 +217,16 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server, client):
     assert client.completions.create(model=RUN_NAME, prompt="To be", max_tokens=3, temperature=0).usage.completion_tokens == 3
 
 
-def test_sigterm_lets_a_running_stream_finish_then_exits_cleanly(tiny_run, tmp_path):
+def test_a_full_server_answers_429_and_sigterm_lets_the_running_stream_finish(tiny_run, tmp_path):
     from tests.serve.conftest import start_server
 
-    server = start_server(tiny_run, tmp_path)
+    # One request at a time, none waiting: a second one while the first streams must get 429.
+    server = start_server(tiny_run, tmp_path, "task.max_concurrent=1", "task.max_queued=0", "task.shutdown_timeout=120")
     chunks: list[str] = []
 
     def consume() -> None:
-        with httpx.stream("POST", f"{server.base_url}/v1/completions", timeout=60,
-                          json={"model": RUN_NAME, "prompt": "To be", "max_tokens": 120, "temperature": 0, "stream": True}) as r:
+        with httpx.stream("POST", f"{server.base_url}/v1/completions", timeout=120,
+                          json={"model": RUN_NAME, "prompt": "To be", "max_tokens": 200, "temperature": 0, "stream": True}) as r:
             for line in r.iter_lines():
                 if line:
                     chunks.append(line)
@@ -235,10 +236,15 @@ def test_sigterm_lets_a_running_stream_finish_then_exits_cleanly(tiny_run, tmp_p
     deadline = time.monotonic() + 30
     while len(chunks) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
+    busy = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.RateLimitError) as refused:
+        busy.completions.create(model=RUN_NAME, prompt="hi", max_tokens=2)
+    assert refused.value.body["code"] == "rate_limit_exceeded"
+    assert not any(c == "data: [DONE]" for c in chunks), "the first stream must still be running"
     server.process.send_signal(signal.SIGTERM)
-    reader.join(timeout=60)
+    reader.join(timeout=120)
     assert server.process.wait(timeout=30) == 0, server.output()
-    assert chunks[-1] == "data: [DONE]"
+    assert chunks[-1] == "data: [DONE]"  # drained, not cut off
     assert sum(1 for c in chunks if '"finish_reason":"length"' in c.replace(" ", "")) == 1
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.base_url}/health", timeout=2)
