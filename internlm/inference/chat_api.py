@@ -57,6 +57,8 @@ class ChatMixin:
             if delta.text:
                 response += delta.text
                 yield response, [*past, (query, response)]
+        if not response:  # an empty reply (an immediate <eoa>) still gives the caller its history
+            yield response, [*past, (query, response)]
 
     def _chat_prompt(self, tokenizer, query, history, system) -> list[int]:
         return encode_chat_prompt(tokenizer, history_messages(query, history, system))
