@@ -48,6 +48,10 @@ class Serve(Task):
         if not config.checkpoint:
             raise ConfigError("task=serve needs a model", where="checkpoint",
                               fix="add checkpoint=<run folder, checkpoint folder or hf:<export dir>>")
+        source = config.checkpoint.removeprefix("hf:")
+        if not Path(source).expanduser().exists():
+            raise ConfigError(f"'{source}' does not exist", where="checkpoint",
+                              fix="pass a run folder, a checkpoint folder or hf:<exported folder>")
         check_serve_config(self.config)
 
     def run(self, ctx: RunContext) -> None:
