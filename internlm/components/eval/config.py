@@ -40,6 +40,8 @@ class DatasetConfig:
 class EvalSuiteConfig:
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)  # name -> dataset, in table order
     limit: int | None = None  # first N items of every dataset (quick runs)
+    sample: int | None = None  # instead: a fixed random subset of N items per dataset (seed below), in file order
+    seed: int = 0  # seed of that subset
     data_dir: str | None = None  # folder with the datasets in their original formats
     chat: bool | None = None  # force every dataset through the chat template (null = per dataset)
 

