@@ -30,7 +30,13 @@ FIX = ("pass a run folder, a checkpoint folder (…/checkpoints/step-N), hf:<exp
 def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device '{device}'", where="device", fix="use auto, cpu or cuda[:N]") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is available", where="device", fix="use device=auto or cpu")
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:

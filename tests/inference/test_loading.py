@@ -43,6 +43,8 @@ def test_bad_engine_options(trained_run):
         load_engine(trained_run, max_batch=0)
     with pytest.raises(ConfigError, match="unknown dtype"):
         load_engine(trained_run, dtype="fp7")
+    with pytest.raises(ConfigError, match="unknown device"):
+        load_engine(trained_run, device="gpu0")
 
 
 def test_original_internlm_shards_load_with_the_configured_model(trained_run, tmp_path):
