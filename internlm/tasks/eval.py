@@ -55,18 +55,21 @@ class Eval(Task):
         suite = _suite(ctx, cfg)
         if cfg.mode == "score":
             datasets = load_suite(suite, with_items=False)
-            records, models = read_predictions(Path(cfg.predictions) if cfg.predictions else ctx.run_dir, datasets)
+            records, columns = read_predictions(Path(cfg.predictions) if cfg.predictions else ctx.run_dir, datasets)
+            models = {column: column for column in columns}
         else:
-            models = self.sources(ctx)
+            sources = self.sources(ctx)
             datasets = load_suite(suite)
-            check_models(models, datasets)
+            check_models(sources, datasets)
+            columns = _column_names(sources)  # one per source, unique even when a source repeats
             records = {d.name: {} for d in datasets}
-            for source in models:
+            for source, column in zip(sources, columns):
                 lm = open_model(source, cfg)
                 for dataset in datasets:
-                    log.info("eval %s on %s (%d items)", dataset.name, lm.name, len(dataset.items))
-                    records[dataset.name][source] = predict_all_ranks(dataset, lm)
+                    log.info("eval %s on %s (%d items)", dataset.name, column, len(dataset.items))
+                    records[dataset.name][column] = predict_all_ranks(dataset, lm)
                 del lm
+            models = dict(zip(columns, sources))
         return write_results(ctx.run_dir, datasets, models, records)
 
     def sources(self, ctx: RunContext) -> list[str]:
@@ -169,28 +172,28 @@ def read_predictions(run_dir: Path, datasets: list[Dataset]) -> tuple[dict[str, 
     return records, models
 
 
-def write_results(run_dir: Path, datasets: list[Dataset], models: list[str], records) -> dict[str, Any]:
-    names = _column_names(models)
+def write_results(run_dir: Path, datasets: list[Dataset], models: dict[str, str], records) -> dict[str, Any]:
+    """models: column name -> source. Scores every (dataset, model), writes the four outputs."""
+    columns = list(models)
     rows: list[Row] = []
-    results: dict[str, Any] = {"models": {names[m]: m for m in models}, "datasets": {}}
+    results: dict[str, Any] = {"models": dict(models), "datasets": {}}
     (run_dir / "predictions").mkdir(parents=True, exist_ok=True)
     for dataset in datasets:
         metrics_by_model: dict[str, dict[str, float]] = {}
         lines = []
-        for model in models:
-            model_records = records[dataset.name].get(model, [])
-            metrics_by_model[model] = score(dataset, model_records) if model_records else {}
+        for column in columns:
+            model_records = records[dataset.name].get(column, [])
+            metrics_by_model[column] = score(dataset, model_records) if model_records else {}
             for record in model_records:
-                record["model"], record["version"] = model, dataset.version
+                record["model"], record["version"] = column, dataset.version
                 lines.append(json.dumps(record, ensure_ascii=False))
         _write_atomic(run_dir / "predictions" / f"{dataset.name}.jsonl", "\n".join(lines) + "\n")
         metric_names = list(dict.fromkeys(k for m in metrics_by_model.values() for k in m))
         for metric in metric_names:
             rows.append(Row(dataset.name, dataset.version, metric, dataset.evaluator.mode,
-                            {names[m]: metrics_by_model[m].get(metric) for m in models}))
+                            {c: metrics_by_model[c].get(metric) for c in columns}))
         results["datasets"][dataset.name] = {"version": dataset.version, "mode": dataset.evaluator.mode,
-                                             "metrics": {names[m]: metrics_by_model[m] for m in models}}
-    columns = [names[m] for m in models]
+                                             "metrics": metrics_by_model}
     table = to_text(rows, columns)
     print(table, end="")
     _write_atomic(run_dir / "summary.md", to_markdown(rows, columns))
@@ -199,15 +202,15 @@ def write_results(run_dir: Path, datasets: list[Dataset], models: list[str], rec
     return results
 
 
-def _column_names(models: list[str]) -> dict[str, str]:
+def _column_names(sources: list[str]) -> list[str]:
     """Short, unique column names (the folder names; a suffix where two collide)."""
-    out: dict[str, str] = {}
-    for model in models:
-        name = model_name(model)
+    out: list[str] = []
+    for source in sources:
+        name = model_name(source)
         candidate, n = name, 2
-        while candidate in out.values():
+        while candidate in out:
             candidate, n = f"{name}-{n}", n + 1
-        out[model] = candidate
+        out.append(candidate)
     return out
 
 

@@ -146,5 +146,5 @@ def test_unknown_dataset_names(tmp_path, monkeypatch):
     shutil.copytree(preflight.conf_dir(), conf)
     (conf / "eval" / "my_suite.yaml").write_text("defaults:\n  - eval_schema\n  - mmlu\n  - nosuch\n  - _self_\n")
     monkeypatch.setattr(preflight, "conf_dir", lambda: conf)
-    with pytest.raises(ConfigError, match="Could not find 'eval/nosuch'"):
+    with pytest.raises(ConfigError, match="In 'eval/my_suite': Could not load 'eval/nosuch'"):
         preflight.check_overrides(["task=eval", "eval@task.eval=my_suite"])
