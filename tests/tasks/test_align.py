@@ -1,0 +1,119 @@
+"""Alignment end to end on CPU: SFT then DPO learns a preference rule; the precomputed and the
+frozen reference agree; a crashed DPO run resumes bitwise with its reference cache; bad input is
+refused before any step."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import shutil
+
+import pytest
+
+from internlm.api import run
+from internlm.config import RootConfig
+from internlm.errors import ConfigError
+
+WORDS = "king queen moon river sword crown night day love blood heart rose star sea".split()
+RULE = " so be it"  # every chosen answer ends with it; the rejected one is the same answer without
+
+
+def sentence(rng, low, high):
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
+
+
+def write_data(folder, seed=0):
+    rng = random.Random(seed)
+    with open(folder / "chats.jsonl", "w") as f:
+        for _ in range(48):
+            messages = [{"role": "user", "content": sentence(rng, 2, 2)}, {"role": "assistant", "content": sentence(rng, 2, 4)}]
+            f.write(json.dumps({"messages": messages}) + "\n")
+    for name, count in (("pairs", 64), ("held_out", 24)):
+        with open(folder / f"{name}.jsonl", "w") as f:
+            for _ in range(count):
+                answer = sentence(rng, 2, 4)
+                f.write(json.dumps({"prompt": sentence(rng, 2, 2), "chosen": answer + RULE, "rejected": answer}) + "\n")
+    return folder
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_data(tmp_path)
+
+
+FAST = ["model.num_layers=2", "data.seq_len=128", "data.global_batch_size=4", "trainer.log_every=1",
+        "trainer.progress_bar=false", "trainer.loggers=[csv]", "trainer.val_every=0"]
+
+
+def dpo(data, *extra):
+    return ["+experiment=tiny_dpo", f"data.paths=[{data / 'pairs.jsonl'}]", *FAST, *extra]
+
+
+def last_row(run_dir):
+    rows = list(csv.DictReader((run_dir / "metrics" / "metrics.csv").open()))
+    return {k: float(v) for k, v in rows[-1].items() if v}
+
+
+def test_sft_then_dpo_learns_the_rule_on_held_out_pairs(data, tmp_path):
+    sft_dir = tmp_path / "sft"
+    sft = run(["+experiment=tiny_sft", f"data.paths=[{data / 'chats.jsonl'}]", *FAST, "trainer.max_steps=12", "optimizer.lr=3e-3"], sft_dir)
+    assert sft["losses"][-1] < sft["losses"][0] - 1.0
+    dpo_dir = tmp_path / "dpo"
+    run(dpo(data, f"model.init_from=run:{sft_dir}", f"data.val_paths=[{data / 'held_out.jsonl'}]",
+            "trainer.max_steps=6", "trainer.val_every=6", "trainer.val_batches=8"), dpo_dir)
+    final = last_row(dpo_dir)
+    assert final["val/rewards/accuracies"] >= 0.9
+    assert final["val/rewards/margins"] > 0 and final["train/loss"] < 0.6931  # below ln 2, the loss at the reference
+
+
+def test_precomputed_and_frozen_references_give_the_same_losses(data, tmp_path):
+    pre = run(dpo(data, "trainer.max_steps=3", "task.reference=precompute"), tmp_path / "pre")
+    frozen = run(dpo(data, "trainer.max_steps=3", "task.reference=frozen"), tmp_path / "frozen")
+    assert pre["losses"][0] == pytest.approx(0.6931, abs=1e-4)  # policy = reference at step 0: -log sigmoid(0)
+    assert frozen["losses"] == pytest.approx(pre["losses"], rel=1e-5, abs=1e-6)
+    assert not (tmp_path / "frozen" / "reference").exists()
+
+
+def test_resume_after_a_crash_mid_dpo_is_bitwise_with_the_reference_cache(data, tmp_path):
+    overrides = dpo(data, "trainer.max_steps=4", "trainer.checkpoint_every=2")
+    straight = run(overrides, tmp_path)["losses"]
+    [cache] = (tmp_path / "reference").iterdir()
+    before = cache.read_bytes()
+    shutil.rmtree(tmp_path / "checkpoints" / "step-00000004")  # the crash: only step 2 survives
+    resumed = run(overrides + ["trainer.resume=auto"], tmp_path)["losses"]
+    assert resumed == straight[2:]
+    assert cache.read_bytes() == before and list((tmp_path / "reference").iterdir()) == [cache]
+    cache.unlink()  # a trained model is not the reference: refuse instead of recomputing from it
+    shutil.rmtree(tmp_path / "checkpoints" / "step-00000004")
+    with pytest.raises(ConfigError, match="reference log-probs the run started with"):
+        run(overrides + ["trainer.resume=auto"], tmp_path)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["task.reference=adapter_off"], "adapter_off needs adapters"),
+        (["task.reference=copy"], "unknown reference 'copy'"),
+        (["data.seq_len=16"], "pair_too_long"),
+    ],
+)
+def test_bad_dpo_input_is_refused_before_any_step(data, tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        run(dpo(data, "trainer.max_steps=2", *extra), tmp_path)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "reference").exists()
+
+
+def test_dpo_with_the_next_token_objective_is_refused(data, tmp_path):
+    with pytest.raises(ConfigError, match="task=dpo trains with objective=dpo"):
+        run(["task=dpo", "data=preference", f"data.paths=[{data / 'pairs.jsonl'}]", *FAST, "trainer.max_steps=2"], tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.skipif(not hasattr(RootConfig, "adapter"), reason="needs the root `adapter` group (the lead's config.py)")
+def test_lora_dpo_with_the_adapter_off_reference_matches_precompute(data, tmp_path):
+    lora = ["+experiment=tiny_dpo_lora", f"data.paths=[{data / 'pairs.jsonl'}]", *FAST, "trainer.max_steps=3"]
+    off = run(lora, tmp_path / "off")
+    pre = run(lora + ["task.reference=precompute"], tmp_path / "pre")
+    assert off["losses"][0] == pytest.approx(0.6931, abs=1e-4)
+    assert off["losses"] == pytest.approx(pre["losses"], rel=1e-5, abs=1e-6)
