@@ -34,6 +34,7 @@ class KernelsConfig:
     rms_norm: str = "auto"  # auto | torch | liger: RMSNorm forward + backward
     swiglu: str = "auto"  # auto | torch | liger: silu(gate) * up
     rotary: str = "auto"  # auto | torch | liger: rotary embedding of q and k
+    matmul: str = "bf16"  # bf16 | fp8_tensorwise | fp8_rowwise: the blocks' linear layers (internlm/runtime/float8.py)
 
 
 # Measured fastest per op on CUDA (bench/RESULTS.md); `auto` on other devices is always torch.

@@ -1,0 +1,160 @@
+"""fp8 training of the transformer blocks' linear layers (torchao's float8), applied from outside.
+
+`model.kernels.matmul` picks the matmul precision of every linear layer inside the blocks
+(q/k/v/o projections and the SwiGLU gate/up/down):
+
+* bf16: the model is untouched (autocast or FSDP2 mixed precision runs the matmuls in bf16).
+* fp8_tensorwise: torchao's Float8Linear with one dynamic scale per tensor; the fastest on an
+  H200 (bench/RESULTS.md). Under FSDP2 sharding its weights are all-gathered in fp8 (half the
+  bytes of bf16), with the scales of all weights computed in one all-reduce after each
+  optimizer step (`register_scale_precompute`).
+* fp8_rowwise: one scale per row of each operand (finer, more robust to outliers, slower).
+
+The embedding and the LM head stay bf16: the head's logits feed the loss directly and are the
+layer most sensitive to rounding (torchtitan and torchao leave it out too). Parameters, gradients
+and optimizer states keep their dtype; only the matmul inputs are cast to fp8 on the fly (e4m3
+for forward operands, e4m3 with dynamic scaling for gradients), outputs come back in the input's
+dtype.
+
+Order in the model assembly: after the fused kernels, before tensor parallelism, activation
+checkpointing, torch.compile and FSDP (fully_shard must see Float8Linear weights to gather them
+in fp8). Tensor parallelism with fp8 is refused: it needs torchao's Float8 parallel styles,
+which are not wired up or measured here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import logging
+
+import torch
+from torch import nn
+
+from internlm.errors import ConfigError
+from internlm.runtime.activation_checkpointing import transformer_blocks
+
+log = logging.getLogger("internlm")
+
+MATMULS = ("bf16", "fp8_tensorwise", "fp8_rowwise")
+RECIPES = {"fp8_tensorwise": "tensorwise", "fp8_rowwise": "rowwise"}  # torchao's recipe names
+MIN_CAPABILITY = (8, 9)  # fp8 tensor cores: Ada (8.9) and Hopper (9.0) onwards
+WHERE = "model.kernels.matmul"
+BF16_FIX = f"use {WHERE}=bf16"
+
+
+def torchao_unavailable() -> str | None:
+    """None when torchao's float8 training can be imported, else why not (no import is done)."""
+    if importlib.util.find_spec("torchao") is None:
+        return "torchao is not installed; install the fp8 extra: pip install 'internlm[fp8]' (or pip install torchao)"
+    return None
+
+
+def check_matmul(matmul: str, capability: tuple[int, int] | None, tensor_parallel: int = 1) -> None:
+    """Refuse an unknown choice, or fp8 where it cannot run, before anything heavy is built.
+
+    `capability` is the CUDA compute capability of the device that will train (None: no CUDA
+    device, e.g. CPU training)."""
+    if matmul not in MATMULS:
+        raise ConfigError(f"unknown matmul precision '{matmul}'", where=WHERE, fix=f"choose one of: {', '.join(MATMULS)}")
+    if matmul == "bf16":
+        return
+    if capability is None or tuple(capability) < MIN_CAPABILITY:
+        found = "no CUDA device" if capability is None else f"a device of compute capability {capability[0]}.{capability[1]}"
+        raise ConfigError(
+            f"{WHERE}={matmul} needs fp8 tensor cores (compute capability >= 8.9: Ada, Hopper or newer), found {found}",
+            where=WHERE,
+            fix=BF16_FIX,
+        )
+    if reason := torchao_unavailable():
+        raise ConfigError(f"{WHERE}={matmul}: {reason}", where=WHERE, fix=f"install torchao, or {BF16_FIX}")
+    if tensor_parallel > 1:
+        raise ConfigError(
+            f"{WHERE}={matmul} is not supported with tensor parallelism (tensor_parallel={tensor_parallel})",
+            where=WHERE,
+            fix=f"{BF16_FIX}, or train without tensor parallelism (FSDP / hybrid_zero shard the fp8 model)",
+        )
+
+
+def device_capability(device: torch.device) -> tuple[int, int] | None:
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_capability(device)
+
+
+def float8_config(matmul: str, *, fp8_all_gather: bool = False, emulate: bool = False):
+    """torchao's Float8LinearConfig for a choice. `fp8_all_gather` (FSDP2 sharding) applies to
+    tensorwise scaling only, the one torchao can gather in fp8. `emulate` runs the fp8 casts with
+    high-precision matmuls (any device, eager only): for tests, never for speed."""
+    from torchao.float8 import Float8LinearConfig
+
+    config = Float8LinearConfig.from_recipe_name(RECIPES[matmul])
+    changes = {}
+    if fp8_all_gather and matmul == "fp8_tensorwise":
+        changes["enable_fsdp_float8_all_gather"] = True
+    if emulate:
+        changes["emulate"] = True
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def fp8_shape_ok(module: nn.Module, fqn: str = "") -> bool:
+    """fp8 matmuls need both dimensions divisible by 16 (a hardware rule); others stay bf16."""
+    return isinstance(module, nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+
+def convert_to_float8(
+    model: nn.Module,
+    matmul: str,
+    *,
+    fp8_all_gather: bool = False,
+    emulate: bool = False,
+) -> list[str]:
+    """Swap the blocks' nn.Linear layers for torchao's Float8Linear in place (same parameters,
+    same names, so checkpoints are unchanged). Returns the converted modules' names; `bf16`
+    converts nothing. Layers outside the blocks (the LM head) are never touched."""
+    if matmul == "bf16":
+        return []
+    if matmul not in RECIPES:
+        raise ConfigError(f"unknown matmul precision '{matmul}'", where=WHERE, fix=f"choose one of: {', '.join(MATMULS)}")
+    from torchao.float8 import convert_to_float8_training
+
+    if matmul == "fp8_rowwise":
+        # As torchtitan does for rowwise under compile (pytorch/pytorch#150859): make inductor
+        # round the fp8 casts exactly as eager does.
+        import torch._inductor.config as inductor_config
+
+        inductor_config.emulate_precision_casts = True
+    config = float8_config(matmul, fp8_all_gather=fp8_all_gather, emulate=emulate)
+    block_names = {id(module): name for name, module in model.named_modules()}
+    converted, skipped = [], []
+    for block in transformer_blocks(model):
+        prefix = block_names[id(block)]
+        for name, module in block.named_modules():
+            if isinstance(module, nn.Linear):
+                (converted if fp8_shape_ok(module) else skipped).append(f"{prefix}.{name}")
+        convert_to_float8_training(block, config=config, module_filter_fn=fp8_shape_ok)
+    if skipped:
+        log.info("%s: %d linear layers stay bf16 (a dimension not divisible by 16): %s", matmul, len(skipped), skipped[:4])
+    return converted
+
+
+def uses_fp8_all_gather(model: nn.Module) -> bool:
+    return any(getattr(getattr(m, "config", None), "enable_fsdp_float8_all_gather", False) for m in float8_layers(model))
+
+
+def float8_layers(model: nn.Module) -> list[nn.Module]:
+    from torchao.float8.float8_linear import Float8Linear
+
+    return [m for m in model.modules() if isinstance(m, Float8Linear)]
+
+
+def register_scale_precompute(model: nn.Module, optimizer: torch.optim.Optimizer):
+    """With fp8 all-gather, compute every weight's fp8 scale in one all-reduce after each
+    optimizer step (otherwise each gather computes its own). Returns the hook handle, or None
+    when the model does not gather in fp8."""
+    if importlib.util.find_spec("torchao") is None or not uses_fp8_all_gather(model):
+        return None
+    from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
+
+    return optimizer.register_step_post_hook(lambda *_: precompute_float8_dynamic_scale_for_fsdp(model))
