@@ -92,7 +92,9 @@ def create_app(engine, config: ServeConfig) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": model_id, "active": admission.active, "queued": admission.queued}
+        # active/queued: requests admitted by the server; cache slots: sequences the engine is decoding.
+        return {"status": "ok", "model": model_id, "active": admission.active, "queued": admission.queued,
+                "cache_slots": engine.max_batch, "cache_slots_free": engine.cache.free_slots}
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

@@ -83,6 +83,6 @@ def stop_server(server: Server, timeout: float = 30) -> int:
 @pytest.fixture(scope="module")
 def server(tiny_run, tmp_path_factory):
     running = start_server(tiny_run, tmp_path_factory.mktemp("server"), f"task.api_key={API_KEY}",
-                           "task.max_tokens=200", "task.max_concurrent=8", "task.max_queued=32")
+                           "task.max_tokens=3000", "task.max_concurrent=8", "task.max_queued=32")
     yield running
     stop_server(running)

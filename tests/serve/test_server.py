@@ -137,7 +137,7 @@ TOO_LONG = list(range(5, 4005))  # 4000 prompt tokens: with max_tokens=200 more 
     ("/v1/chat/completions", {"model": RUN_NAME, "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role", "invalid_value"),
     ("/v1/completions", {"model": RUN_NAME, "prompt": TOO_LONG, "max_tokens": 200}, "max_tokens", "context_length_exceeded"),
     ("/v1/completions", {"model": RUN_NAME, "prompt": TOO_LONG + TOO_LONG}, "prompt", "context_length_exceeded"),
-    ("/v1/completions", {"model": RUN_NAME, "prompt": "hi", "max_tokens": 201}, "max_tokens", "invalid_value"),
+    ("/v1/completions", {"model": RUN_NAME, "prompt": "hi", "max_tokens": 3001}, "max_tokens", "invalid_value"),
     ("/v1/completions", {"model": RUN_NAME, "prompt": "hi", "n": 9}, "n", "invalid_value"),
     ("/v1/completions", {"model": RUN_NAME, "prompt": [10**9]}, "prompt", "invalid_value"),
 ])
@@ -176,7 +176,8 @@ def test_the_client_sees_400_404_401_and_the_server_keeps_serving(server, client
     assert httpx.get(f"{server.base_url}/v1/nothing-here", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 404
     reply = client.chat.completions.create(model=RUN_NAME, messages=HELLO, max_tokens=4, temperature=0)
     assert reply.choices[0].finish_reason in ("stop", "length")
-    assert server.health() == {"status": "ok", "model": RUN_NAME, "active": 0, "queued": 0}
+    assert server.health() == {"status": "ok", "model": RUN_NAME, "active": 0, "queued": 0,
+                               "cache_slots": 16, "cache_slots_free": 16}
 
 
 def test_sixteen_concurrent_clients_get_their_solo_answers(client):
@@ -196,25 +197,29 @@ def test_sixteen_concurrent_clients_get_their_solo_answers(client):
 
 
 def wait_until_idle(server, seconds: float = 20) -> dict:
+    """/health once no request holds a server slot or an engine cache slot (or when time is up)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         health = server.health()
-        if health["active"] == 0:
+        if health["active"] == 0 and health["cache_slots_free"] == health["cache_slots"]:
             return health
         time.sleep(0.1)
     return server.health()
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_slot(server, client):
-    ask = dict(model=RUN_NAME, prompt="To be", max_tokens=200, temperature=0)
-    assert client.completions.create(**ask).choices[0].finish_reason == "length"  # it would run all 200 tokens
-    with client.completions.create(**ask, stream=True) as stream:
+    ask = dict(model=RUN_NAME, prompt="To be", temperature=0)
+    assert client.completions.create(**ask, max_tokens=200).choices[0].finish_reason == "length"  # no early EOS
+    # 3000 tokens would keep the slot for far longer than the wait below, unless the disconnect frees it.
+    with client.completions.create(**ask, max_tokens=3000, stream=True) as stream:
         for index, _ in enumerate(stream):
             if index == 2:
-                assert server.health()["active"] == 1
+                health = server.health()
+                assert (health["active"], health["cache_slots_free"]) == (1, health["cache_slots"] - 1)
                 break  # leaving the block closes the connection
-    assert wait_until_idle(server)["active"] == 0
-    assert client.completions.create(model=RUN_NAME, prompt="To be", max_tokens=3, temperature=0).usage.completion_tokens == 3
+    health = wait_until_idle(server, seconds=10)
+    assert (health["active"], health["cache_slots_free"]) == (0, health["cache_slots"])  # the engine slot too
+    assert client.completions.create(**ask, max_tokens=3).usage.completion_tokens == 3
 
 
 def test_a_full_server_answers_429_and_sigterm_lets_the_running_stream_finish(tiny_run, tmp_path):
