@@ -12,8 +12,10 @@ from internlm.components.tokenizer.chat_template import JINJA_CHAT_TEMPLATE
 from internlm.errors import ConfigError
 from internlm.interop import export_hf
 from internlm.registry import register
-from internlm.runtime.checkpoint import find_checkpoint
-from internlm.runtime.saved_run import checkpoint_model_config, model_tensors
+from internlm.components.adapter.lora import merged_state_dict
+from internlm.interop.peft_export import export_peft_adapter
+from internlm.runtime.checkpoint import find_checkpoint, read_config, read_meta
+from internlm.runtime.saved_run import checkpoint_model_config, load_model_state, model_tensors, typed_section
 from internlm.tasks.base import RunContext, Task
 
 
@@ -23,6 +25,23 @@ class ExportHFConfig:
     dtype: str = "bfloat16"  # bfloat16 | float16 | float32 weights in the export
     max_shard_gb: float = 2.0  # safetensors shard size
     chat_template: bool = True  # put InternLM's chat template into tokenizer_config.json
+    adapter: str = "merge"  # a LoRA run: merge (fold into the weights) | peft (a PEFT adapter folder only) | none (base weights)
+
+
+ADAPTER_MODES = ("merge", "peft", "none")
+
+
+def saved_lora(checkpoint: Path):
+    """The LoRA config a checkpoint was trained with, or None (trained without adapter=lora)."""
+    name = read_meta(checkpoint)["components"].get("adapter")
+    if name != "lora":
+        return None
+    return typed_section("adapter", name, read_config(checkpoint)["adapter"])
+
+
+def without_adapters(source):
+    """The base model's tensors of a checkpoint source (LoRA tensors left out)."""
+    return lambda: ((name, tensor) for name, tensor in source() if ".lora_" not in name)
 
 
 @register("task", "export_hf", ExportHFConfig)
@@ -39,8 +58,26 @@ class ExportHF(Task):
             raise ConfigError("task=export_hf needs a destination", where="task.dir", fix="add task.dir=<new folder>")
         found = find_checkpoint(ctx.config.checkpoint, Path(ctx.config.checkpoint))
         model_cfg, tokenizer = checkpoint_model_config(found)
+        if export.adapter not in ADAPTER_MODES:
+            raise ConfigError(f"unknown task.adapter '{export.adapter}'", where="task.adapter", fix=f"choose one of {', '.join(ADAPTER_MODES)}")
+        lora = saved_lora(found)
+        if export.adapter == "peft":
+            if lora is None:
+                raise ConfigError(
+                    f"{found} was trained without LoRA: there is no adapter to export",
+                    where="task.adapter",
+                    fix="export the full model with task.adapter=merge (or none)",
+                )
+            out = export_peft_adapter(
+                load_model_state(found), export.dir, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, base_model=str(found)
+            )
+            print(f"exported the LoRA adapter of {found} to {out}")
+            return out
+        state = model_tensors(found)
+        if lora is not None:
+            state = merged_state_dict(load_model_state(found), lora.alpha / lora.rank) if export.adapter == "merge" else without_adapters(state)
         out = export_hf(
-            model_tensors(found),
+            state,
             model_cfg,
             export.dir,
             tokenizer_model=tokenizer.model_path,

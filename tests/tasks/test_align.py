@@ -117,3 +117,32 @@ def test_lora_dpo_with_the_adapter_off_reference_matches_precompute(data, tmp_pa
     pre = run(lora + ["task.reference=precompute"], tmp_path / "pre")
     assert off["losses"][0] == pytest.approx(0.6931, abs=1e-4)
     assert off["losses"] == pytest.approx(pre["losses"], rel=1e-5, abs=1e-6)
+
+
+def test_peft_export_of_a_run_without_lora_is_refused_and_writes_nothing(data, tmp_path):
+    run_dir = tmp_path / "run"
+    run(dpo(data, "trainer.max_steps=1"), run_dir)
+    with pytest.raises(ConfigError, match="trained without LoRA") as err:
+        run(["task=export_hf", f"checkpoint={run_dir}", f"task.dir={tmp_path / 'adapter'}", "task.adapter=peft"], tmp_path / "export")
+    assert err.value.where == "task.adapter"
+    assert not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.skipif(not hasattr(RootConfig, "adapter"), reason="needs the root `adapter` group (the lead's config.py)")
+def test_lora_run_exports_merged_and_as_a_peft_folder_that_agree(data, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    import torch
+
+    run_dir = tmp_path / "run"
+    run(["+experiment=tiny_dpo_lora", f"data.paths=[{data / 'pairs.jsonl'}]", *FAST, "trainer.max_steps=2"], run_dir)
+    export = ["task=export_hf", f"checkpoint={run_dir}", "task.dtype=float32"]
+    run(export + [f"task.dir={tmp_path / 'merged'}", "task.adapter=merge"], tmp_path / "e1")
+    run(export + [f"task.dir={tmp_path / 'base'}", "task.adapter=none"], tmp_path / "e2")
+    run(export + [f"task.dir={tmp_path / 'adapter'}", "task.adapter=peft"], tmp_path / "e3")
+    ids = torch.tensor([[1, 5, 9, 33, 7, 2, 11, 40]])
+    merged = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+    base = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
+    adapted = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(ids).logits, merged(ids).logits, rtol=1e-5, atol=1e-5)
