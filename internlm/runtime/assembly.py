@@ -5,6 +5,7 @@
     2 init_from      published or earlier weights (run:, hf:, internlm:)
     3 kernels        fused implementations of RMSNorm / SwiGLU / rotary (model.kernels)
     4 adapters       e.g. LoRA (adapter=...), so only adapter parameters train
+    4b float8        the blocks' linears in fp8 (model.kernels.matmul, internlm/runtime/float8.py)
     5 tensor parallel  DTensor colwise/rowwise + sequence-parallel norms   } sharding strategies:
     6 activation checkpointing  (trainer.activation_checkpointing)           } `parallelize`, which
     7 compile        torch.compile per block (trainer.compile)               } Fabric calls inside
@@ -30,6 +31,7 @@ from internlm.components.model.fused_ops import apply_kernels, resolve_kernels
 from internlm.config import RootConfig
 from internlm.planning import Plan
 from internlm.runtime import parallelize as parallel
+from internlm.runtime import float8
 from internlm.runtime.activation_checkpointing import apply_activation_checkpointing
 from internlm.runtime.torch_compile import compile_blocks
 from internlm.runtime.weights import load_initial_weights
@@ -53,6 +55,8 @@ def model_loss(loss, plan: Plan):
 
 def assemble_model(fabric, config: RootConfig, plan: Plan, strategy, loss, adapter=None) -> nn.Module:
     """Steps 1-4 here, 5-9 in `parallelize` (sharding strategies) or `wrap_blocks` (the others)."""
+    matmul = config.model.kernels.matmul  # refused before anything is built where fp8 cannot run
+    float8.check_matmul(matmul, float8.device_capability(fabric.device), plan.layout.tensor)
     torch.manual_seed(config.trainer.seed)  # identical init on every rank
     on_meta = strategy.init_on_meta(plan.parameters) and not config.model.init_from
     with fabric.init_module(empty_init=on_meta):
@@ -63,6 +67,8 @@ def assemble_model(fabric, config: RootConfig, plan: Plan, strategy, loss, adapt
     apply_kernels(model, kernels)  # 3
     if adapter is not None:
         adapter.apply(model)  # 4
+    sharded = strategy.sharding_options(plan.precision) is not None and plan.layout.shard > 1
+    float8.convert_to_float8(model, matmul, fp8_all_gather=sharded)  # 4b: before FSDP wraps the weights
     if fabric.is_global_zero:
         log.info("attention kernel %s; kernels %s; compile %s", plan.attention_backend, kernels.names, use_compile(config, plan))
     if strategy.sharding_options(plan.precision) is None:

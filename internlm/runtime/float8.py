@@ -16,10 +16,10 @@ and optimizer states keep their dtype; only the matmul inputs are cast to fp8 on
 for forward operands, e4m3 with dynamic scaling for gradients), outputs come back in the input's
 dtype.
 
-Order in the model assembly: after the fused kernels, before tensor parallelism, activation
-checkpointing, torch.compile and FSDP (fully_shard must see Float8Linear weights to gather them
-in fp8). Tensor parallelism with fp8 is refused: it needs torchao's Float8 parallel styles,
-which are not wired up or measured here.
+Order in the model assembly: after the fused kernels and adapters, before tensor parallelism,
+activation checkpointing, torch.compile and FSDP (fully_shard must see Float8Linear weights to
+gather them in fp8). Refused: fp8 with tensor parallelism (it needs torchao's Float8 parallel
+styles, not wired up or measured here) and fp8 on layers an adapter changed (LoRA).
 """
 
 from __future__ import annotations
@@ -127,6 +127,13 @@ def convert_to_float8(
         inductor_config.emulate_precision_casts = True
     config = float8_config(matmul, fp8_all_gather=fp8_all_gather, emulate=emulate)
     block_names = {id(module): name for name, module in model.named_modules()}
+    adapted = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and type(m) is not nn.Linear]
+    if adapted:  # torchao's swap keeps only weight and bias: an adapter's extra weights would be lost
+        raise ConfigError(
+            f"{WHERE}={matmul} cannot convert linear layers that an adapter changed ({adapted[0]}: {type(model.get_submodule(adapted[0])).__name__})",
+            where=WHERE,
+            fix=f"{BF16_FIX} when training with an adapter (e.g. adapter=lora)",
+        )
     converted, skipped = [], []
     for block in transformer_blocks(model):
         prefix = block_names[id(block)]

@@ -144,3 +144,15 @@ def test_emulated_fp8_matches_the_reference_model_up_to_fp8_rounding(matmul):
     assert abs(losses[1] - losses[0]) / losses[0] < 2e-3
     relative = (grads[1] - grads[0]).norm() / grads[0].norm()
     assert 1e-4 < relative < 0.1
+
+
+@needs_torchao
+def test_layers_changed_by_an_adapter_are_refused_not_silently_dropped():
+    class AdaptedLinear(nn.Linear):  # what an adapter (LoRA) turns a projection into
+        pass
+
+    model = small_model()
+    model.layers["1"].self_attn.v_proj.__class__ = AdaptedLinear
+    with pytest.raises(ConfigError) as info:
+        float8.convert_to_float8(model, "fp8_tensorwise", emulate=True)
+    assert "layers.1.self_attn.v_proj" in str(info.value) and info.value.where == "model.kernels.matmul"
