@@ -123,6 +123,11 @@ def test_n_seeded_samples_are_reproducible_and_end_by_length(client):
         assert choice.finish_reason in ("stop", "length")
     lengths = sum(1 for c in first.choices if c.finish_reason == "length")
     assert first.usage.completion_tokens >= 6 * lengths
+    streamed = ["", "", ""]
+    for chunk in client.chat.completions.create(**ask, stream=True):  # the choices interleave, by index
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+    assert streamed == [c.message.content for c in first.choices]
 
 
 TOO_LONG = list(range(5, 4005))  # 4000 prompt tokens: with max_tokens=200 more than the 4096 context
