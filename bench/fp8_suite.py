@@ -42,6 +42,11 @@ PLANS: dict[str, list[tuple[str, str, str | None, list[str]]]] = {
         ("ours", "smoke-rw", "smoke", ["--matmul", "fp8_rowwise", "--layers", "2", "--seq", "2048", "--batch", "1", "--warmup", "1", "--steps", "2"]),
         ("ours", "smoke-parity", "smoke", ["--matmul", "fp8_tensorwise"] + PARITY[:-8] + ["--layers", "2", "--warmup", "0", "--steps", "3"]),
     ],
+    "parity": [
+        ("ours", "parity-bf16", "p-bf16", ["--matmul", "bf16"] + PARITY),
+        ("ours", "parity-fp8tw", "p-fp8tw", ["--matmul", "fp8_tensorwise"] + PARITY),
+        ("ours", "parity-fp8rw", "p-fp8rw", ["--matmul", "fp8_rowwise"] + PARITY),
+    ],
     "main": [
         ("ours", "l16-bf16-cold", "l16-bf16", ["--matmul", "bf16"] + L16),
         ("ours", "l16-fp8tw-cold", "l16-fp8tw", ["--matmul", "fp8_tensorwise"] + L16),
