@@ -8,6 +8,7 @@ checked whole (schema, model id, lengths) before it takes a slot or touches the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, AsyncIterator, Sequence
 
 import anyio
@@ -151,8 +152,10 @@ def create_app(engine, config: ServeConfig) -> FastAPI:
             watch.cancel()
             if not work.done():
                 work.cancel()  # merged_deltas' cleanup cancels the handles
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
         if work.cancelled():
-            raise APIError(499, "the client closed the request", code="client_closed")
+            raise APIError(499, "the client closed the request", code="client_closed")  # nobody reads it
         work.result()  # re-raise an engine error
         return choices
 

@@ -227,6 +227,15 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(server, client):
     assert client.completions.create(**ask, max_tokens=3).usage.completion_tokens == 3
 
 
+def test_a_client_that_gives_up_on_a_long_answer_frees_its_slot(server):
+    body = {"model": RUN_NAME, "prompt": "To be", "max_tokens": 3000, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):  # the client hangs up long before 3000 tokens
+        httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=1.0,
+                   headers={"Authorization": f"Bearer {API_KEY}"})
+    health = wait_until_idle(server, seconds=10)
+    assert (health["active"], health["cache_slots_free"]) == (0, health["cache_slots"])
+
+
 def test_a_full_server_answers_429_and_sigterm_lets_the_running_stream_finish(tiny_run, tmp_path):
     from tests.serve.conftest import start_server
 
