@@ -110,6 +110,7 @@ def parallelize_fn(config: RootConfig, plan: Plan, strategy) -> Callable | None:
             bf16_compute=options["bf16_compute"],
             reshard_after_forward=reshard,
             prefetch=options["prefetch"],
+            reduce_dtype=options.get("reduce_dtype", "fp32"),
         )  # 8
         if on_meta:
             parallel.initialise_shards(model, leaves, parallel.current_device(device_type), torch.initial_seed())  # 9

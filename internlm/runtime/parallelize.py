@@ -134,14 +134,22 @@ def pad_sequence_to_multiple(model: nn.Module, multiple: int) -> None:
 
 
 def apply_fsdp(
-    model: nn.Module, dp_mesh, *, bf16_compute: bool = False, reshard_after_forward: bool = True, prefetch: int = 1
+    model: nn.Module,
+    dp_mesh,
+    *,
+    bf16_compute: bool = False,
+    reshard_after_forward: bool = True,
+    prefetch: int = 1,
+    reduce_dtype: str = "fp32",
 ) -> None:
     """FSDP2 units: the embedding, each block, and the root (final norm + LM head, which the
     in-forward loss reads as a weight, so they must be gathered by the root's forward)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     # bf16 gathers and compute, fp32 gradient reduction and master weights (torchtitan's choice).
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16_compute else MixedPrecisionPolicy()
+    # reduce_dtype="bf16" halves the gradient bytes on the wire (strategy.reduce_dtype).
+    reduce = torch.bfloat16 if reduce_dtype == "bf16" else torch.float32
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=reduce) if bf16_compute else MixedPrecisionPolicy()
     units: list[nn.Module] = []
     if not model.config.tie_embeddings:  # a tied embedding is the head's weight: it stays with the root
         fully_shard(model.embed_tokens, mesh=dp_mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)

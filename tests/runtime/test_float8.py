@@ -86,6 +86,7 @@ def test_conversion_swaps_exactly_the_block_linears(matmul):
     # Same parameters under the same names (checkpoints and sharding plans unchanged), biases kept.
     after = dict(model.named_parameters())
     assert after.keys() == before.keys()
+    assert model.state_dict().keys() == small_model().state_dict().keys()  # checkpoints load either way
     assert all(torch.equal(after[name], value) for name, value in before.items())
     assert model.layers["0"].self_attn.q_proj.bias is not None
     expected_recipe = "AXISWISE" if matmul == "fp8_rowwise" else "TENSORWISE"

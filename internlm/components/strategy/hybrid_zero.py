@@ -22,11 +22,15 @@ from internlm.errors import ConfigError
 from internlm.registry import register
 
 
+REDUCE_DTYPES = ("fp32", "bf16")
+
+
 @dataclass
 class HybridZeroConfig:
     shard_group_size: int = 8  # ranks one copy is sharded over: 8 = a node (InternLM's zero1), -1 = all data-parallel ranks, 1 = none; capped at the data-parallel size
     tensor_parallel: int = 1  # ranks each block's matmuls are split over (must divide the heads); > 1 uses a vocab-parallel loss
     reshard_after_forward: bool = True  # ZeRO-3: free gathered weights after forward, gather again in backward; false = ZeRO-2 (less traffic, more memory)
+    reduce_dtype: str = "fp32"  # fp32 | bf16: dtype of the gradient reduce-scatter / all-reduce under bf16 compute; bf16 halves the bytes (InternLM reduced in low precision)
     prefetch: int = 1  # blocks gathered ahead of use, so communication overlaps compute; 0 = FSDP2's implicit prefetch
     meta_init_above: int = 1_000_000_000  # larger models start on the meta device and are initialised per shard (same at any world size, not the one-process init)
 
@@ -47,6 +51,10 @@ class HybridZero(Strategy):
                 f"{world_size} processes cannot form tensor-parallel groups of {tensor}",
                 where="strategy.tensor_parallel / trainer.devices x trainer.num_nodes",
                 fix=f"use a tensor_parallel that divides {world_size}: {divisors(world_size)}",
+            )
+        if self.config.reduce_dtype not in REDUCE_DTYPES:
+            raise ConfigError(
+                f"unknown reduce_dtype '{self.config.reduce_dtype}'", where="strategy.reduce_dtype", fix=f"choose one of: {', '.join(REDUCE_DTYPES)}"
             )
         data_parallel = world_size // tensor
         shard = self.config.shard_group_size
@@ -83,6 +91,7 @@ class HybridZero(Strategy):
             "bf16_compute": precision == "bf16-mixed",
             "reshard_after_forward": self.config.reshard_after_forward,
             "prefetch": self.config.prefetch,
+            "reduce_dtype": self.config.reduce_dtype,
         }
 
     def fabric_strategy(self, layout: ParallelLayout, precision: str, parallelize):
