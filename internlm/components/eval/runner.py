@@ -53,29 +53,29 @@ def build_evaluator(name: str, config: DatasetConfig) -> Any:
     kinds = sorted(c.name for c in registry.groups()["evaluator"])
     for kind in config.options:
         if kind not in kinds:
-            raise ConfigError(f"options for an unknown evaluator '{kind}'", where=f"eval.datasets.{name}.options",
+            raise ConfigError(f"options for an unknown evaluator '{kind}'", where=f"task.eval.datasets.{name}.options",
                               fix=f"options are keyed by evaluator: {', '.join(kinds)}{suggest(str(kind), kinds)}")
     try:
         values = dict(config.options.get(config.evaluator) or {})
         typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(component.config), values))
     except Exception as exc:
         raise ConfigError(f"bad options for the {config.evaluator} evaluator of '{name}': {str(exc).splitlines()[0]}",
-                          where=f"eval.datasets.{name}.options.{config.evaluator}", fix=f"fields: {', '.join(component.config.__dataclass_fields__)}") from None
+                          where=f"task.eval.datasets.{name}.options.{config.evaluator}", fix=f"fields: {', '.join(component.config.__dataclass_fields__)}") from None
     return component.cls(typed)
 
 
 def dataset_path(name: str, config: DatasetConfig, data_dir: str | None) -> Path | None:
     if config.format not in LOADERS:
-        raise ConfigError(f"unknown dataset format '{config.format}'", where=f"eval.datasets.{name}.format",
+        raise ConfigError(f"unknown dataset format '{config.format}'", where=f"task.eval.datasets.{name}.format",
                           fix=f"choose one of: {', '.join(sorted(LOADERS))}{suggest(config.format, LOADERS)}")
     if not config.path and config.format in PACKAGED:
         return None
     if data_dir is None:
-        raise ConfigError(f"dataset '{name}' is read from eval.data_dir, which is not set", where="eval.data_dir",
-                          fix=f"eval.data_dir=<folder holding {config.path or name}>")
+        raise ConfigError(f"dataset '{name}' is read from task.eval.data_dir, which is not set", where="task.eval.data_dir",
+                          fix=f"task.eval.data_dir=<folder holding {config.path or name}>")
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise ConfigError(f"data folder not found: {root}", where="eval.data_dir", fix="point eval.data_dir at an existing folder")
+        raise ConfigError(f"data folder not found: {root}", where="task.eval.data_dir", fix="point task.eval.data_dir at an existing folder")
     return root / config.path if config.path else root
 
 
@@ -98,7 +98,7 @@ def load_dataset(name: str, config: DatasetConfig, suite: EvalSuiteConfig, with_
     scored = [with_labels(item, config.labels) for item in (items[:limit] if limit is not None else items)]
     pool_name = config.fewshot_split or config.split
     if config.fewshot and pool_name not in splits:
-        raise ConfigError(f"no split '{pool_name}' for the few-shot examples of '{name}'", where=f"eval.datasets.{name}.fewshot_split",
+        raise ConfigError(f"no split '{pool_name}' for the few-shot examples of '{name}'", where=f"task.eval.datasets.{name}.fewshot_split",
                           fix=f"choose one of {sorted(splits)}")
     pool = [with_labels(item, config.labels) for item in splits.get(pool_name, [])]
     by_subject: dict[str, list[Item]] = {}
@@ -110,7 +110,7 @@ def load_dataset(name: str, config: DatasetConfig, suite: EvalSuiteConfig, with_
 
 def load_suite(suite: EvalSuiteConfig, with_items: bool = True) -> list[Dataset]:
     if not suite.datasets:
-        raise ConfigError("the evaluation suite names no dataset", where="eval", fix="choose a suite or dataset: eval=mmlu, eval=base_suite, ...")
+        raise ConfigError("the evaluation suite names no dataset", where="task.eval", fix="choose a suite or dataset: eval@task.eval=mmlu, eval@task.eval=base_suite, ...")
     return [load_dataset(name, config, suite, with_items) for name, config in suite.datasets.items()]
 
 
