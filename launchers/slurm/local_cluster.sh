@@ -14,6 +14,9 @@ set -euo pipefail
 STATE=${INTERNLM_SLURM_STATE:-/var/lib/internlm-slurm}
 CONF=/etc/slurm/slurm.conf
 PARTITION=${INTERNLM_SLURM_PARTITION:-debug}
+# Job slots: tiny CPU test jobs share cores, so a 2-core laptop can hold a 3-task job and a 2-point
+# sweep at once. The node line is slurmd -C's with only the CPU count raised (config_overrides).
+SLOTS=${INTERNLM_SLURM_CPUS:-8}
 
 die() { echo "local_cluster.sh: $*" >&2; exit 1; }
 
@@ -31,6 +34,12 @@ write_config() {
   # The node exactly as slurmd sees it (CPUs, sockets, cores, memory), reachable on loopback.
   local node host
   node=$(slurmd -C | head -n 1)
+  local real
+  real=$(sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' <<<"$node")
+  if [ "$SLOTS" -gt "$real" ]; then
+    node=$(sed -e "s/ CPUs=[0-9]*/ CPUs=$SLOTS/" -e "s/ CoresPerSocket=[0-9]*/ CoresPerSocket=$SLOTS/" \
+      -e "s/ SocketsPerBoard=[0-9]*/ SocketsPerBoard=1/" -e "s/ ThreadsPerCore=[0-9]*/ ThreadsPerCore=1/" <<<"$node")
+  fi
   host=$(hostname -s)
   mkdir -p /etc/slurm "$STATE/ctld" "$STATE/d" "$STATE/log"
   cat >"$CONF" <<EOF
@@ -51,6 +60,7 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 ReturnToService=2
+SlurmdParameters=config_overrides
 JobRequeue=1
 # finished jobs stay visible to scontrol for 10 minutes (there is no sacct without a database)
 MinJobAge=600
