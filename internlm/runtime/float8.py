@@ -25,56 +25,19 @@ styles, not wired up or measured here) and fp8 on layers an adapter changed (LoR
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import importlib.util
 import logging
 
 import torch
 from torch import nn
 
+from internlm.components.model.matmul_precision import BF16_FIX, MATMULS, WHERE, check_matmul, torchao_unavailable  # noqa: F401
 from internlm.errors import ConfigError
 from internlm.runtime.activation_checkpointing import transformer_blocks
 
 log = logging.getLogger("internlm")
 
-MATMULS = ("bf16", "fp8_tensorwise", "fp8_rowwise")
 RECIPES = {"fp8_tensorwise": "tensorwise", "fp8_rowwise": "rowwise"}  # torchao's recipe names
-MIN_CAPABILITY = (8, 9)  # fp8 tensor cores: Ada (8.9) and Hopper (9.0) onwards
-WHERE = "model.kernels.matmul"
-BF16_FIX = f"use {WHERE}=bf16"
-
-
-def torchao_unavailable() -> str | None:
-    """None when torchao's float8 training can be imported, else why not (no import is done)."""
-    if importlib.util.find_spec("torchao") is None:
-        return "torchao is not installed; install the fp8 extra: pip install 'internlm[fp8]' (or pip install torchao)"
-    return None
-
-
-def check_matmul(matmul: str, capability: tuple[int, int] | None, tensor_parallel: int = 1) -> None:
-    """Refuse an unknown choice, or fp8 where it cannot run, before anything heavy is built.
-
-    `capability` is the CUDA compute capability of the device that will train (None: no CUDA
-    device, e.g. CPU training)."""
-    if matmul not in MATMULS:
-        raise ConfigError(f"unknown matmul precision '{matmul}'", where=WHERE, fix=f"choose one of: {', '.join(MATMULS)}")
-    if matmul == "bf16":
-        return
-    if capability is None or tuple(capability) < MIN_CAPABILITY:
-        found = "no CUDA device" if capability is None else f"a device of compute capability {capability[0]}.{capability[1]}"
-        raise ConfigError(
-            f"{WHERE}={matmul} needs fp8 tensor cores (compute capability >= 8.9: Ada, Hopper or newer), found {found}",
-            where=WHERE,
-            fix=BF16_FIX,
-        )
-    if reason := torchao_unavailable():
-        raise ConfigError(f"{WHERE}={matmul}: {reason}", where=WHERE, fix=f"install torchao, or {BF16_FIX}")
-    if tensor_parallel > 1:
-        raise ConfigError(
-            f"{WHERE}={matmul} is not supported with tensor parallelism (tensor_parallel={tensor_parallel})",
-            where=WHERE,
-            fix=f"{BF16_FIX}, or train without tensor parallelism (FSDP / hybrid_zero shard the fp8 model)",
-        )
 
 
 def device_capability(device: torch.device) -> tuple[int, int] | None:

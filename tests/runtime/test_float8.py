@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from internlm.components.model.attention import AttentionConfig
+from internlm.components.model import matmul_precision
 from internlm.components.model.fused_ops import KernelsConfig
 from internlm.components.model.mlp import MLPConfig
 from internlm.components.model.transformer import Transformer, TransformerConfig
@@ -47,7 +48,7 @@ def test_kernels_config_defaults_to_bf16():
     ],
 )
 def test_refusals_name_the_key_and_the_fix(matmul, capability, tensor_parallel, message, monkeypatch):
-    monkeypatch.setattr(float8, "torchao_unavailable", lambda: None)  # judge the device alone
+    monkeypatch.setattr(matmul_precision, "torchao_unavailable", lambda: None)  # judge the device alone
     with pytest.raises(ConfigError) as info:
         float8.check_matmul(matmul, capability, tensor_parallel)
     assert message in str(info.value)
