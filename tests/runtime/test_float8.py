@@ -158,3 +158,19 @@ def test_layers_changed_by_an_adapter_are_refused_not_silently_dropped():
     with pytest.raises(ConfigError) as info:
         float8.convert_to_float8(model, "fp8_tensorwise", emulate=True)
     assert "layers.1.self_attn.v_proj" in str(info.value) and info.value.where == "model.kernels.matmul"
+
+
+def test_the_program_refuses_fp8_on_a_cpu_before_training(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "internlm", "model.kernels.matmul=fp8_rowwise", "trainer.max_steps=1", f"hydra.run.dir={run}"],
+        cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = result.stdout + result.stderr
+    assert "model.kernels.matmul=fp8_rowwise needs fp8 tensor cores" in message and "use model.kernels.matmul=bf16" in message
+    assert not (run / "checkpoints").exists()  # nothing trained, nothing saved
