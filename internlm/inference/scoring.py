@@ -38,9 +38,10 @@ class CausalLM:
     """A LanguageModel over a forward function returning logits."""
 
     def __init__(self, name: str, forward: Forward, codec: TextCodec, device: torch.device,
-                 max_length: int, batch_tokens: int = 16384):
+                 max_length: int, batch_tokens: int = 16384, engine_factory: Callable[[], Any] | None = None):
         self.name, self.forward, self.codec, self.device = name, forward, codec, device
         self.max_length, self.batch_tokens = max_length, batch_tokens
+        self.engine_factory, self._engine = engine_factory, None  # KV-cached batched decoding, when the model has it
 
     # ---- the protocol -------------------------------------------------------------------------
 
@@ -74,7 +75,27 @@ class CausalLM:
         return out
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
-        return [self._generate_one(r) for r in requests]
+        if self.engine_factory is None:
+            return [self._generate_one(r) for r in requests]
+        return self._generate_with_engine(requests)
+
+    def _generate_with_engine(self, requests: Sequence[GenerationRequest]) -> list[str]:
+        """Requests with the same sampling settings decode together on the engine's KV cache."""
+        from internlm.inference.params import SamplingParams
+
+        if self._engine is None:
+            self._engine = self.engine_factory()
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.max_new_tokens, r.stop, r.temperature, r.top_p, r.seed), []).append(i)
+        out = [""] * len(requests)
+        for (max_new, stop, temperature, top_p, seed), members in groups.items():
+            params = SamplingParams(max_new_tokens=max_new, temperature=temperature, top_p=top_p, seed=seed,
+                                    stop_ids=self.codec.stop_ids, stop_strings=tuple(stop), do_sample=temperature > 0)
+            prompts = [self._prefix() + self.codec.encode(requests[i].prompt) for i in members]
+            for i, completion in zip(members, self._engine.generate(prompts, params)):
+                out[i] = completion.text
+        return out
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -192,7 +213,13 @@ def for_internlm(name: str, model: torch.nn.Module, tokenizer: Any, batch_tokens
     device = next(model.parameters()).device
     rotary = getattr(getattr(getattr(model, "config", None), "attention", None), "rotary", None)
     max_length = int(getattr(rotary, "max_position", 2048))  # the longest sequence the model was built for
-    return CausalLM(name, lambda ids: model(ids), codec, device, max_length, batch_tokens)
+
+    def engine():
+        from internlm.inference.engine import Engine
+
+        return Engine(model, tokenizer, name, max_context=min(max_length, 4096), max_batch=16)
+
+    return CausalLM(name, lambda ids: model(ids), codec, device, max_length, batch_tokens, engine_factory=engine)
 
 
 # ---- Hugging Face ---------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from internlm import registry
 from internlm.api import compose, run
+from internlm.components.eval.answers import gsm8k_prediction
 from internlm.components.eval.runner import load_suite, merge, predict, score
 from internlm.errors import ConfigError
 from internlm.inference.scoring import for_internlm
@@ -148,3 +149,21 @@ def test_unknown_dataset_names(tmp_path, monkeypatch):
     monkeypatch.setattr(preflight, "conf_dir", lambda: conf)
     with pytest.raises(ConfigError, match="In 'eval/my_suite': Could not load 'eval/nosuch'"):
         preflight.check_overrides(["task=eval", "eval@task.eval=my_suite"])
+
+
+def test_generation_on_the_engine_equals_plain_greedy_decoding(memorized):
+    from internlm.components.eval.protocol import GenerationRequest
+    from internlm.inference.scoring import CausalLM
+
+    plain = CausalLM("plain", memorized.forward, memorized.codec, memorized.device, memorized.max_length)
+    requests = [GenerationRequest("语句一：“今天天气怎么样”", 12, ("\n",)), GenerationRequest("Where is salt water found?", 8)]
+    assert memorized.generate(requests) == plain.generate(requests)
+
+
+def test_generative_datasets_write_generations_and_extractions(checkpoint, tmp_path):
+    result = run(["task=eval", f"checkpoint={checkpoint}", "eval@task.eval=gsm8k", f"task.eval.data_dir={DATA}",
+                  "task.eval.datasets.gsm8k.fewshot=1", "task.eval.datasets.gsm8k.options.generate.max_new_tokens=6"], tmp_path)
+    assert set(result["datasets"]["gsm8k"]["metrics"][checkpoint.name]) == {"accuracy"}
+    lines = [json.loads(line) for line in (tmp_path / "predictions" / "gsm8k.jsonl").read_text().splitlines()]
+    assert [r["gold"] for r in lines] == ["12", "5500"] and all(isinstance(r["generation"], str) for r in lines)
+    assert all(r["extracted"] == gsm8k_prediction(r["generation"]) for r in lines)
