@@ -2,8 +2,9 @@
 
 A Hydra callback (`hydra.callbacks.sweep_summary`, set by conf/hydra/launcher/slurm.yaml):
 
-* `on_job_start` (in the job): writes `<run folder>/sweep_point.json` with state RUNNING, the
-  point's overrides and the Slurm job id.
+* `on_job_start` (in the job): writes `<sweep folder>/.points/<job num>.json` with state RUNNING,
+  the point's overrides and the Slurm job id (beside, not inside, the run folder: a run refused
+  at compile removes its folder).
 * `on_job_end` (in the job): the state from Hydra's JobReturn (COMPLETED or FAILED: the task's
   exception, which Slurm never sees, since Hydra catches it and the job exits 0, hydra #1928),
   the final train/val loss and tokens/s from the run's metrics.csv; then rewrites the table.
@@ -36,7 +37,7 @@ from omegaconf import DictConfig
 from internlm.launch.slurm_state import FINAL_STATES, scontrol_jobs
 
 log = logging.getLogger("internlm")
-POINT_FILE = "sweep_point.json"
+POINTS = ".points"  # one JSON file per point, in the sweep folder
 COLUMNS = ("point", "state", "train/loss", "val/loss", "tokens/s", "job", "run folder")
 
 
@@ -66,15 +67,16 @@ class SweepSummary(Callback):
         if not is_first_task():
             return
         run_dir = Path(config.hydra.runtime.output_dir)
+        num = int(config.hydra.job.num)
         record = {
-            "num": int(config.hydra.job.num),
+            "num": num,
             "point": " ".join(config.hydra.overrides.task),
             "state": "RUNNING",
             "job": slurm_job_key(),
             "run_dir": str(run_dir),
             "log": submitit_log(),
         }
-        write_json(run_dir / POINT_FILE, record)
+        write_json(point_file(config, num), record)
         if record["job"]:
             log.info("Slurm job %s on %s, restart %s", record["job"], socket.gethostname(), os.environ.get("SLURM_RESTART_COUNT", "0"))
 
@@ -82,13 +84,20 @@ class SweepSummary(Callback):
         if not is_first_task():
             return
         run_dir = Path(config.hydra.runtime.output_dir)
-        record = read_json(run_dir / POINT_FILE) or {"num": int(config.hydra.job.num), "run_dir": str(run_dir)}
+        num = int(config.hydra.job.num)
+        record = read_json(point_file(config, num)) or {"num": num, "run_dir": str(run_dir)}
         record["state"] = job_return.status.name  # COMPLETED | FAILED, as Hydra saw the task end
         if record["state"] == "FAILED":
             record["error"] = f"{type(job_return._return_value).__name__}: {job_return._return_value}"[:300]
         record |= final_metrics(run_dir)
-        write_json(run_dir / POINT_FILE, record)
+        write_json(point_file(config, num), record)
         write_summary(Path(str(config.hydra.sweep.dir)).absolute(), ask_slurm=False)
+
+
+def point_file(config: DictConfig, num: int) -> Path:
+    folder = Path(str(config.hydra.sweep.dir)).absolute() / POINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{num}.json"
 
 
 def is_first_task() -> bool:
@@ -131,7 +140,7 @@ def final_metrics(run_dir: Path) -> dict[str, float]:
 
 
 def collect(sweep_dir: Path, ask_slurm: bool) -> list[dict]:
-    records = [read_json(p) for p in sweep_dir.glob(f"*/{POINT_FILE}")]
+    records = [read_json(p) for p in (sweep_dir / POINTS).glob("*.json")]
     records = sorted((r for r in records if r), key=lambda r: r.get("num", 0))
     unsettled = [r for r in records if r.get("state") == "RUNNING" and r.get("job")]
     if ask_slurm and unsettled:
