@@ -167,3 +167,35 @@ def test_generative_datasets_write_generations_and_extractions(checkpoint, tmp_p
     lines = [json.loads(line) for line in (tmp_path / "predictions" / "gsm8k.jsonl").read_text().splitlines()]
     assert [r["gold"] for r in lines] == ["12", "5500"] and all(isinstance(r["generation"], str) for r in lines)
     assert all(r["extracted"] == gsm8k_prediction(r["generation"]) for r in lines)
+
+
+def test_humaneval_completions_run_in_the_sandbox(checkpoint, tmp_path):
+    result = run(["task=eval", f"checkpoint={checkpoint}", "eval@task.eval=humaneval", "task.eval.limit=2",
+                  "task.eval.datasets.humaneval.options.code.max_new_tokens=4"], tmp_path)
+    assert result["datasets"]["humaneval"]["mode"] == "gen"
+    lines = [json.loads(line) for line in (tmp_path / "predictions" / "humaneval.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in lines] == ["HumanEval/0", "HumanEval/1"]
+    assert all(len(r["completions"]) == 1 and len(r["passed"]) == 1 for r in lines)
+    expected = 100.0 * sum(r["passed"][0] for r in lines) / 2
+    assert result["datasets"]["humaneval"]["metrics"][checkpoint.name]["pass@1"] == expected
+
+
+def test_bits_per_byte_equals_a_direct_computation(memorized):
+    import math
+
+    from internlm.components.eval.config import DatasetConfig, EvalSuiteConfig
+    from internlm.components.eval.runner import load_dataset
+
+    dataset = load_dataset("held_out", DatasetConfig(format="text", path="text", evaluator="bits_per_byte"),
+                           EvalSuiteConfig(data_dir=str(DATA)))
+    metrics = score(dataset, predict(dataset, memorized))
+    logprob, tokens, size = 0.0, 0, 0
+    tokenizer_encode, bos = memorized.codec.encode, memorized.codec.bos_id
+    for item in dataset.items:
+        ids = [bos] + tokenizer_encode(item.fields["text"])
+        with torch.no_grad():
+            logits = memorized.forward(torch.tensor([ids]))[0].log_softmax(-1)
+        logprob += sum(logits[i, t].item() for i, t in enumerate(ids[1:]))
+        tokens, size = tokens + len(ids) - 1, size + len(item.fields["text"].encode())
+    assert metrics["bits_per_byte"] == pytest.approx(-logprob / (math.log(2) * size), rel=1e-5)
+    assert metrics["perplexity"] == pytest.approx(math.exp(-logprob / tokens), rel=1e-5)
