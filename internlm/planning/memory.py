@@ -22,9 +22,14 @@ def estimate_per_device(
     precision: str,
     checkpointing: str,
     full_logits: bool = True,
+    attention_backend: str = "flex",
+    matmul: str = "bf16",
 ) -> dict[str, float]:
     """`full_logits`: the loss materialises fp32 logits for the whole micro batch (the plain
-    cross-entropy); fused losses hold one chunk, counted as 2048 tokens."""
+    cross-entropy); fused losses hold one chunk, counted as 2048 tokens. `attention_backend`
+    eager or sdpa materialise the [B, heads, S, S] scores (eager: fp32 scores and probabilities
+    kept for backward; sdpa: its dense boolean mask and the math kernel's probabilities).
+    `matmul` fp8_*: activations saved in fp8 (measured on an H200: x0.45)."""
     held = parameters / (layout.shard * layout.tensor)
     weight_bytes = 2 if precision == "bf16-true" else 4  # mixed precision keeps fp32 master weights
     tokens = micro_batch * seq_len
@@ -36,13 +41,22 @@ def estimate_per_device(
         activations = model_cfg.num_layers * per_layer * 0.5
     else:
         activations = model_cfg.num_layers * per_layer
+    if matmul.startswith("fp8") and checkpointing != "full":
+        activations *= 0.45
+    # s x s attention scores of the dense backends, per layer that keeps them (1 under full AC)
+    heads = model_cfg.attention.num_heads / layout.tensor
+    score_bytes = {"eager": 8, "sdpa": 4 + 1}.get(attention_backend, 0)
+    kept_layers = 1 if checkpointing == "full" else model_cfg.num_layers
+    attention_scores = kept_layers * micro_batch * heads * seq_len * seq_len * score_bytes
     logit_tokens = tokens if full_logits else min(tokens, 2048)
     logits = 4 * logit_tokens * model_cfg.vocab_size / layout.tensor
     parts = {
         "weights": held * weight_bytes,
         "gradients": held * weight_bytes,
-        "optimizer_states": held * 8,
+        # AdamW's two moments, in the parameters' dtype (torch's AdamW and adamw_bf16 alike)
+        "optimizer_states": held * 2 * weight_bytes,
         "activations": activations,
+        "attention_scores": attention_scores,
         "logits": logits,
     }
     parts["total"] = sum(parts.values())

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from internlm import registry
 from internlm.components.model import attention_backends
+from internlm.components.model.matmul_precision import check_matmul
 from internlm.components.strategy.base import ParallelLayout
 from internlm.config import AC_POLICIES, LOGGERS, RootConfig
 from internlm.errors import ConfigError
@@ -196,6 +197,7 @@ def compile_plan(cfg: RootConfig, facts: Facts, strategy, scheduler=None, trains
     layout = strategy.layout(world_size)
     check_model(cfg.model)
     strategy.check_model(cfg.model, layout)  # e.g. heads divisible by the tensor-parallel size
+    check_matmul(cfg.model.kernels.matmul, facts.capability if accelerator == "cuda" else None, layout.tensor)
     check_tokenizer_fits(facts.tokenizer_vocab, cfg.model)
     available = facts.attention.get(accelerator, {})
     backend = attention_backends.choose(cfg.model.attention.backend, accelerator, available)
@@ -208,12 +210,12 @@ def compile_plan(cfg: RootConfig, facts: Facts, strategy, scheduler=None, trains
         attention_backend=backend,
     )
     if trains:
-        add_training_plan(plan, cfg, scheduler)
+        add_training_plan(plan, cfg, scheduler, facts)
     plan.warnings = advisories(cfg, plan.parameters)
     return plan
 
 
-def add_training_plan(plan: Plan, cfg: RootConfig, scheduler) -> None:
+def add_training_plan(plan: Plan, cfg: RootConfig, scheduler, facts: Facts) -> None:
     """The batch layout, schedule, FLOPs and memory of a training run."""
     trainer = cfg.trainer
     check_positive(
@@ -244,6 +246,26 @@ def add_training_plan(plan: Plan, cfg: RootConfig, scheduler) -> None:
     plan.memory_per_device_gib = memory.estimate_per_device(
         cfg.model, plan.parameters, plan.layout, micro, seq_len, plan.precision, trainer.activation_checkpointing,
         full_logits=registry.component_of(cfg.loss).name == "cross_entropy",
+        attention_backend=plan.attention_backend,
+        matmul=cfg.model.kernels.matmul,
+    )
+    check_fits(plan, facts)
+
+
+def check_fits(plan: Plan, facts: Facts) -> None:
+    """Refuse a run whose estimate exceeds the device's memory (the kernel would kill it at the
+    first step, or CUDA would run out), with the numbers that say why."""
+    available = facts.device_memory_gib.get(plan.accelerator)
+    need = plan.memory_per_device_gib.get("total", 0.0)
+    if available is None or need <= available:
+        return
+    parts = ", ".join(f"{k} {v:,.1f}" for k, v in plan.memory_per_device_gib.items() if k != "total" and v >= 0.05)
+    raise ConfigError(
+        f"the run needs about {need:,.1f} GiB per {plan.accelerator} device ({parts}), "
+        f"but the device has {available:,.1f} GiB",
+        where="data.micro_batch_size / data.seq_len / trainer.activation_checkpointing / model",
+        fix="use a smaller data.micro_batch_size or data.seq_len, trainer.activation_checkpointing=full, "
+        "a fused loss (loss=chunked), a sharding strategy over more devices, or a non-dense attention backend on a GPU",
     )
 
 

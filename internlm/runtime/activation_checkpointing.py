@@ -46,6 +46,7 @@ def _ops_to_keep() -> set:
         ("aten", "mm"),
         ("aten", "addmm"),
         ("aten", "bmm"),
+        ("aten", "_scaled_mm"),  # fp8 matmuls (model.kernels.matmul=fp8_*)
         ("aten", "_scaled_dot_product_efficient_attention"),
         ("aten", "_scaled_dot_product_flash_attention"),
         ("aten", "_scaled_dot_product_cudnn_attention"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import torch
 
@@ -77,6 +78,10 @@ def fit(ctx, objective: Objective | None = None) -> dict:
         history.append(loss)
         done = step + 1
         metrics = {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm}
+        if step == start_step:  # compilation and warm-up land here: a warm compile cache shows
+            metrics["perf/first_step_s"] = seconds
+            if fabric.is_global_zero:
+                log.info("first step took %.1f s (compile cache: %s)", seconds, os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default"))
         metrics |= {f"train/{name}": value for name, value in step_metrics.items()}
         metrics |= {f"perf/{k}": v for k, v in speed(ctx, seconds).items()}
         metrics |= loader.metrics()  # data/epoch, data/mix/<source> for mixtures

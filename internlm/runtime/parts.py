@@ -13,7 +13,7 @@ import torch
 from internlm import registry
 from internlm.config import RootConfig
 from internlm.planning import Plan
-from internlm.runtime import assembly, fabric_setup
+from internlm.runtime import assembly, fabric_setup, float8
 
 
 class RunParts:
@@ -64,7 +64,9 @@ class RunParts:
 
     @cached_property
     def optimizer(self) -> torch.optim.Optimizer:
-        return self.fabric.setup_optimizers(self._component("optimizer").build(self.model))
+        optimizer = self.fabric.setup_optimizers(self._component("optimizer").build(self.model))
+        float8.register_scale_precompute(self.model, optimizer)  # sharded tensorwise fp8: one scale all-reduce per step
+        return optimizer
 
     @cached_property
     def scheduler(self):

@@ -128,3 +128,18 @@ def test_a_task_that_does_not_train_is_not_checked_against_the_batch():
     assert plan.micro_batch_size is None and plan.memory_per_device_gib == {}
     with pytest.raises(ConfigError):  # the same config, compiled for training
         compile_plan(config, CPU_ONLY, registry.build(config.strategy), registry.build(config.scheduler))
+
+
+def test_memory_counts_bf16_states_and_dense_attention_scores_and_refuses_what_cannot_fit():
+    h200 = Facts(cuda_available=True, capability=(9, 0), attention={"cuda": {}}, device_memory_gib={"cuda": 139.8})
+    full_7b = ["model=internlm_7b", "data.seq_len=4096", "data.global_batch_size=1", "loss=chunked", "trainer.activation_checkpointing=full"]
+    pure_bf16 = plan_for(*full_7b, "trainer.precision=bf16-true", facts=h200).memory_per_device_gib
+    # 7,321,948,160 parameters x (2 weights + 2 grads + 2 x 2 AdamW moments) bytes, all bf16
+    assert pure_bf16["optimizer_states"] == pytest.approx(7_321_948_160 * 4 / 1024**3, abs=1e-3)
+    assert 50 < pure_bf16["total"] < 63  # measured peak 54.7 GiB on one H200 (issue 11): within 15%
+    # The tiny model at seq 4096 with eager attention: 32 rows x 4 heads x 4096^2 x 8 bytes per layer
+    cpu = Facts(attention={"cpu": {}}, device_memory_gib={"cpu": 23.0})
+    with pytest.raises(ConfigError) as info:
+        plan_for("data.seq_len=4096", "data.global_batch_size=32", facts=cpu)
+    assert "attention_scores 64.0" in info.value.render() and "23.0 GiB" in info.value.render()
+    assert plan_for(facts=cpu).memory_per_device_gib["total"] < 1  # the default run fits
