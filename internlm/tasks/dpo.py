@@ -141,8 +141,13 @@ class DPOTask(TrainingTask):
 
             objective.reference = base_logps
         elif reference == "frozen":
-            copy = frozen_copy(ctx)
-            objective.reference = lambda batch: sequence_logps(copy, batch)
+            copy, fabric = frozen_copy(ctx), ctx.parts.fabric
+
+            def frozen_logps(batch: Batch):
+                with fabric.autocast():  # the copy is not set up by Fabric: its precision, as the policy's
+                    return sequence_logps(copy, batch)
+
+            objective.reference = frozen_logps
         else:
             objective.reference = precomputed(ctx, data)
         return fit(ctx, objective)
