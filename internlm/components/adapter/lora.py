@@ -54,11 +54,18 @@ class LoRALinear(nn.Linear):
         return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
 
 
+class ZeroInitLinear(nn.Linear):
+    """LoRA's B: zero whenever (re)initialised, also by a meta-device model's shard-by-shard init."""
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+
+
 def attach_lora(linear: nn.Linear, rank: int, alpha: float, dropout: float) -> LoRALinear:
     linear.__class__ = LoRALinear
     device, dtype = linear.weight.device, linear.weight.dtype
     linear.lora_A = nn.Linear(linear.in_features, rank, bias=False, device=device, dtype=dtype)
-    linear.lora_B = nn.Linear(rank, linear.out_features, bias=False, device=device, dtype=dtype)
+    linear.lora_B = ZeroInitLinear(rank, linear.out_features, bias=False, device=device, dtype=dtype)
     linear.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
     linear.scaling = alpha / rank
     linear.adapter_enabled = True

@@ -97,3 +97,12 @@ def test_exporting_an_adapter_from_a_model_without_one_refuses_and_writes_nothin
     with pytest.raises(ConfigError, match="no LoRA adapter"):
         export_peft_adapter(model.state_dict(), tmp_path / "adapter", rank=4, alpha=8.0)
     assert not (tmp_path / "adapter").exists() and not list(tmp_path.iterdir())
+
+
+def test_reinitialising_the_adapters_keeps_b_zero():
+    # A meta-device model is initialised module by module (reset_parameters): B must stay zero.
+    model, base = lora_model()
+    for module in model.modules():
+        if hasattr(module, "reset_parameters") and module.__class__.__name__ == "ZeroInitLinear":
+            module.reset_parameters()
+    assert torch.equal(model(IDS), base)
