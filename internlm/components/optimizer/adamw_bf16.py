@@ -36,6 +36,14 @@ def stochastic_round_(target: torch.Tensor, value: torch.Tensor, generator: torc
     target.copy_(torch.where(torch.isfinite(value), rounded, value))
 
 
+CHUNK = 1 << 24  # elements updated at once
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) parameter's local shard: the update is elementwise."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 class StochasticAdamW(torch.optim.Optimizer):
     def __init__(self, params, lr=1e-5, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, stochastic_rounding=True):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
@@ -46,6 +54,17 @@ class StochasticAdamW(torch.optim.Optimizer):
             stochastic_round_(target, value)
         else:
             target.copy_(value)
+
+    def _update(self, weight_out, grad, avg_out, avg_sq_out, step: float, group: dict, beta1: float, beta2: float) -> None:
+        grad = grad.float()
+        exp_avg = avg_out.float().lerp_(grad, 1 - beta1)
+        exp_avg_sq = avg_sq_out.float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        weight = weight_out.float().mul_(1 - group["lr"] * group["weight_decay"])
+        denom = (exp_avg_sq / (1 - beta2**step)).sqrt_().add_(group["eps"])
+        weight.addcdiv_(exp_avg, denom, value=-group["lr"] / (1 - beta1**step))
+        self._store(weight_out, weight)
+        self._store(avg_out, exp_avg)
+        self._store(avg_sq_out, exp_avg_sq)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -62,16 +81,11 @@ class StochasticAdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(param)
                 state["step"] += 1
                 step = float(state["step"])
-                grad = param.grad.float()
-                exp_avg = state["exp_avg"].float().lerp_(grad, 1 - beta1)
-                exp_avg_sq = state["exp_avg_sq"].float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                weight = param.float()
-                weight.mul_(1 - group["lr"] * group["weight_decay"])
-                denom = (exp_avg_sq / (1 - beta2**step)).sqrt_().add_(group["eps"])
-                weight.addcdiv_(exp_avg, denom, value=-group["lr"] / (1 - beta1**step))
-                self._store(param, weight)
-                self._store(state["exp_avg"], exp_avg)
-                self._store(state["exp_avg_sq"], exp_avg_sq)
+                # fp32 temporaries for at most CHUNK elements at a time: the 7B's 422M-element
+                # embedding would otherwise cost ~8 GB of scratch at every step.
+                flat = [local(t).view(-1) for t in (param.data, param.grad, state["exp_avg"], state["exp_avg_sq"])]
+                for start in range(0, flat[0].numel(), CHUNK):
+                    self._update(*(t[start : start + CHUNK] for t in flat), step, group, beta1, beta2)
         return loss
 
 
