@@ -44,6 +44,17 @@ class TrainerConfig:
     peak_tflops: float | None = None  # device peak for MFU; null = looked up from the device name
     sample_prompt: str = "To be, or not to be"  # generated from at the end of training ("" = none)
     sample_tokens: int = 48  # tokens of that sample
+    max_consecutive_skips: int = 5  # non-finite steps in a row before rolling back to the last good checkpoint (or stopping)
+    spike_factor: float = 3.0  # report a loss above this many times its running mean; 0 = off
+
+
+@dataclass
+class DebugConfig:
+    """Fault injection for tests and campaigns (internlm/runtime/faults.py); off by default."""
+
+    inject_nan_steps: list[int] = field(default_factory=list)  # steps (1-based, as logged) whose loss and gradients become NaN
+    fail_checkpoint_at_step: int | None = None  # an I/O error while writing this step's checkpoint
+    slow_checkpoint_s: float = 0.0  # sleep this long inside every checkpoint write (widens the window for kill tests)
 
 
 @dataclass
@@ -58,6 +69,7 @@ class RootConfig:
     loss: Any = None
     strategy: Any = None
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)  # fault injection, off by default
     checkpoint: str | None = None  # what inference tasks read: a run folder, a checkpoint folder or hf:<dir>
 
 

@@ -9,22 +9,35 @@ Layout of ``<run>/checkpoints/step-00000100/``:
   plain one-device model (the same code path runs without a process group).
 * ``extras.pt``: everything else (scheduler, data loader position, step, RNG) written once, by
   rank 0: a loader's state is a position on the global sample stream, the same on every rank.
-* ``config.yaml`` (the resolved config: a checkpoint is self-describing) and ``meta.json``.
+* ``config.yaml`` (the resolved config: a checkpoint is self-describing) and ``meta.json``, which
+  lists every other file with its size and SHA-256: resume verifies them and falls back to the
+  newest checkpoint that is whole, naming the damaged file (a damaged one is renamed
+  ``corrupt-step-N`` so it is neither used nor pruned in place of a good one).
 
 A checkpoint is written under a temporary name and renamed when complete (``meta.json`` is the
 last file written): a crash mid-save leaves the previous one intact and never a folder that looks
 complete. With ``async_save`` the tensors are copied off the parameters at once and written in a
-background thread; the rename happens when the write ends, at the next save or at
-`wait_for_pending()`. Only the newest ``keep`` checkpoints are kept.
+background thread; the rename happens when every rank's write has ended, at the next save or at
+`wait_for_pending()`. Only the newest ``keep`` checkpoints are kept, never deleting the one just
+committed. A failed write (ENOSPC, EIO) removes its partial folder and stops the run with one
+message; the previous checkpoint is untouched.
+
+While a run trains, rank 0 holds an exclusive lock on ``<run>/.lock`` (released by the kernel
+even on kill -9): a second process on the same folder is refused with the holder's pid.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
+import hashlib
 import json
+import logging
+import os
 import random
 import shutil
+import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +48,13 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from internlm.errors import ConfigError
+from internlm.runtime import faults
+
+log = logging.getLogger("internlm")
 
 PREFIX = "step-"
+CORRUPT_PREFIX = "corrupt-"  # a damaged checkpoint, set aside by resume (kept for inspection)
+LOCK = ".lock"
 STATE = "state"  # DCP folder: model and optimizer
 EXTRAS = "extras.pt"  # the rest of the training state, written once
 RNG_KEY = "_rng"
@@ -62,23 +80,159 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
+def file_digest(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _inventory(folder: Path) -> dict[str, dict[str, Any]]:
+    """{relative path: {bytes, sha256}} of every file under `folder`, meta.json excepted."""
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "meta.json"):
+        out[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": file_digest(path)}
+    return out
+
+
+_VERIFIED: dict[tuple[str, int], str | None] = {}  # (meta.json path, its mtime) -> problem; each checkpoint is hashed once per process
+
+
+def damage(checkpoint: Path) -> str | None:
+    """None when every file meta.json lists is present with its size and checksum; else what is
+    wrong, naming the file. (Checkpoints written before checksums existed are taken as whole.)"""
+    meta_path = checkpoint / "meta.json"
+    try:
+        key = (str(meta_path.resolve()), meta_path.stat().st_mtime_ns)
+    except OSError as exc:
+        return f"{meta_path} cannot be read ({exc.strerror})"
+    if key in _VERIFIED:
+        return _VERIFIED[key]
+    try:
+        files = json.loads(meta_path.read_text()).get("files")
+    except (OSError, ValueError) as exc:
+        problem = f"{meta_path} is damaged ({exc})"
+    else:
+        problem = None
+        for name, expected in (files or {}).items():
+            path = checkpoint / name
+            if not path.is_file():
+                problem = f"{path} is missing"
+            elif path.stat().st_size != expected["bytes"]:
+                problem = f"{path} is truncated or damaged: {path.stat().st_size} bytes, {expected['bytes']} written"
+            elif file_digest(path) != expected["sha256"]:
+                problem = f"{path} is corrupt: its SHA-256 differs from the one written"
+            if problem:
+                break
+    _VERIFIED[key] = problem
+    return problem
+
+
+def set_aside(checkpoint: Path) -> Path:
+    """Rename a damaged checkpoint so it is never picked again, nor counted as a good one."""
+    target = checkpoint.with_name(CORRUPT_PREFIX + checkpoint.name)
+    if target.exists():
+        shutil.rmtree(target)
+    checkpoint.rename(target)
+    return target
+
+
+def newest_good(candidates: list[Path], set_aside_bad: bool) -> Path | None:
+    """The newest checkpoint that verifies; each damaged newer one is reported (and set aside)."""
+    for found in reversed(candidates):
+        problem = damage(found)
+        if problem is None:
+            return found
+        moved = set_aside(found) if set_aside_bad else None
+        log.warning(
+            "checkpoint %s is damaged: %s; %s, falling back to an older checkpoint",
+            found, problem, f"renamed to {moved.name}" if moved else "skipped",
+        )
+    return None
+
+
 def find_checkpoint(spec: str, run_dir: Path) -> Path | None:
-    """`auto` -> newest complete checkpoint of this run (None if there is none yet);
-    a path -> that checkpoint, or the newest one of that run folder."""
+    """`auto` -> newest complete, verified checkpoint of this run (None if there is none yet;
+    an error if there are some but none is whole); a path -> that checkpoint, verified, or the
+    newest good one of that run folder."""
     if spec == "auto":
         found = complete_checkpoints(run_dir)
-        return found[-1] if found else None
+        good = newest_good(found, set_aside_bad=False)
+        if found and good is None:
+            _refuse_all_damaged(found)
+        return good
     path = Path(spec)
     if (path / "meta.json").is_file():
+        problem = damage(path)
+        if problem:
+            raise ConfigError(
+                f"checkpoint {path} is damaged: {problem}",
+                where="trainer.resume / checkpoint",
+                fix="pass an older checkpoint of that run (or its run folder, which picks the newest good one)",
+            )
         return path
     found = complete_checkpoints(path)
     if found:
-        return found[-1]
+        good = newest_good(found, set_aside_bad=False)
+        if good is None:
+            _refuse_all_damaged(found)
+        return good
     raise ConfigError(
         f"no complete checkpoint at '{spec}'",
         where="trainer.resume / checkpoint",
         fix="pass a checkpoint folder (…/checkpoints/step-N) or a run folder that has one",
     )
+
+
+def _refuse_all_damaged(found: list[Path]) -> None:
+    raise ConfigError(
+        f"every checkpoint in {found[0].parent} is damaged; the newest: {damage(found[-1])}",
+        where="trainer.resume",
+        fix="restore the named files from a copy, or start over in a new run folder (trainer.resume=null)",
+    )
+
+
+def set_aside_damaged(run_dir: Path) -> Path | None:
+    """Resume's own pick: like find_checkpoint('auto'), but damaged newer checkpoints are renamed
+    out of the way, so that pruning counts only good ones. Rank 0 only."""
+    found = complete_checkpoints(run_dir)
+    if found and all(damage(p) for p in found):
+        _refuse_all_damaged(found)  # never fall back silently to step 0
+    return newest_good(found, set_aside_bad=True)
+
+
+class RunFolderLock:
+    """An exclusive flock on <run>/.lock holding the owner's pid and host; the kernel drops it when
+    the process ends, however it ends, so a killed run never leaves a stale lock."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK
+        self.handle = None
+
+    def acquire(self) -> "RunFolderLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "an unknown process"
+            handle.close()
+            raise ConfigError(
+                f"the run folder {self.path.parent} is in use by {holder}",
+                where="hydra.run.dir",
+                fix="wait for that run to end (or stop it), or use another hydra.run.dir",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
 
 
 def save(
@@ -98,43 +252,82 @@ def save(
     root = checkpoint_root(run_dir)
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".{final.name}.partial"
-    if fabric.is_global_zero:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    fabric.barrier()
-    tensors, extras = split_state(state)
-    if fabric.is_global_zero:
-        torch.save(extras | {RNG_KEY: rng_state()}, tmp / EXTRAS)
-        (tmp / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))
-    commit = functools.partial(_commit, tmp, final, run_dir, step, components, keep) if fabric.is_global_zero else None
-    import torch.distributed.checkpoint as dcp
+    try:
+        if fabric.is_global_zero:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        fabric.barrier()
+        tensors, extras = split_state(state)
+        if fabric.is_global_zero:
+            torch.save(extras | {RNG_KEY: rng_state()}, tmp / EXTRAS)
+            (tmp / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))
+        faults.during_checkpoint_write(config, step)
+        commit = functools.partial(_commit, tmp, final, run_dir, step, components, keep) if fabric.is_global_zero else None
+        import torch.distributed.checkpoint as dcp
 
-    if async_save:
-        future = dcp.async_save(tensors, checkpoint_id=tmp / STATE, process_group=_async_process_group(), no_dist=not _distributed())
-        _PENDING.append(_PendingSave(future, commit))
-        return final
-    with _single_process_quiet():
-        dcp.save(tensors, checkpoint_id=tmp / STATE, no_dist=not _distributed())  # returns once every rank's shards and the metadata are written
-    if commit is not None:
-        commit()
+        if async_save:
+            future = dcp.async_save(tensors, checkpoint_id=tmp / STATE, process_group=_async_process_group(), no_dist=not _distributed())
+            _PENDING.append(_PendingSave(future, commit, tmp, step))
+            return final
+        with _single_process_quiet():
+            dcp.save(tensors, checkpoint_id=tmp / STATE, no_dist=not _distributed())  # returns once every rank's shards and the metadata are written
+        if commit is not None:
+            commit()
+    except OSError as exc:
+        _write_failed(tmp, step, run_dir, exc)
     fabric.barrier()
     return final
 
 
+def _write_failed(tmp: Path, step: int, run_dir: Path, exc: BaseException) -> None:
+    """Drop the partial folder (the previous checkpoints are untouched) and stop with one message."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    previous = complete_checkpoints(run_dir)
+    kept = f"the newest checkpoint, {previous[-1]}, is intact" if previous else "no earlier checkpoint exists"
+    raise ConfigError(
+        f"writing checkpoint {step} failed ({exc}); its partial files were removed and {kept}",
+        where=str(checkpoint_root(run_dir)),
+        fix="free disk space or fix the file system, then continue with trainer.resume=auto",
+    ) from exc
+
+
 def _commit(tmp: Path, final: Path, run_dir: Path, step: int, components: dict[str, str], keep: int) -> None:
-    """Rank 0, once every shard is on disk: mark complete, rename into place, prune old ones."""
-    (tmp / "meta.json").write_text(json.dumps({"step": step, "components": components}, indent=1))
-    if final.exists():  # a rerun of the same step: replace it only now that the new one is whole
-        shutil.rmtree(final)
-    tmp.rename(final)
-    for old in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+    """Rank 0, once every shard is on disk: record each file's checksum, mark complete, rename into
+    place, prune old ones (never the one just committed)."""
+    meta = {"step": step, "components": components, "files": _inventory(tmp)}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    _fsync_tree(tmp)
+    old = final.with_name(f".{final.name}.replaced")
+    if final.exists():  # a rerun of the same step: keep the old one until the new one is in place
         shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    if keep > 0:
+        # Only checkpoints up to this step count: a newer one left by an abandoned future (resume
+        # from an older path) never pushes out the one just written.
+        earlier = [p for p in complete_checkpoints(run_dir) if p.name <= final.name]
+        for stale in earlier[:-keep]:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file to stable storage before the rename publishes the checkpoint."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 @dataclass
 class _PendingSave:
     future: Any  # concurrent.futures.Future of DCP's background write
     commit: Callable[[], None] | None  # rank 0's rename, run when the write is done
+    tmp: Path  # the partial folder, removed if the write failed
+    step: int
 
 
 _PENDING: list[_PendingSave] = []
@@ -160,10 +353,18 @@ def _async_process_group():
 
 
 def wait_for_pending() -> None:
-    """Block until an asynchronous save has been written, then commit it. Call before exiting."""
+    """Block until an asynchronous save has been written by every rank, then commit it. Call
+    before exiting."""
     while _PENDING:
         pending = _PENDING.pop()
-        pending.future.result()
+        try:
+            pending.future.result()
+        except OSError as exc:
+            _write_failed(pending.tmp, pending.step, pending.tmp.parent.parent, exc)
+        if _distributed():  # this rank's write ended; commit only once every rank's has
+            import torch.distributed as dist
+
+            dist.barrier(group=_async_process_group())
         if pending.commit is not None:
             pending.commit()
 

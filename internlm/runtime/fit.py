@@ -19,9 +19,10 @@ import torch
 
 from internlm.batch import Batch
 from internlm.components.objective.base import Objective
-from internlm.runtime import checkpoint
+from internlm.runtime import checkpoint, faults
 from internlm.runtime.console import Console
 from internlm.runtime.generation import generate
+from internlm.runtime.health import Health
 from internlm.runtime.metrics import StepTimer, keep_csv_history, peak_memory_gib, throughput
 from internlm.runtime.preemption import StopRequest
 
@@ -43,7 +44,17 @@ class StepReducer:
 
 def fit(ctx, objective: Objective | None = None) -> dict:
     """Train `ctx.parts.model` on `ctx.parts.data` with `objective` (default: the configured one)
-    until trainer.max_steps; returns {"losses": per-step train losses, "sample": generated text}."""
+    until trainer.max_steps; returns {"losses": per-step train losses, "sample": generated text}.
+    Rank 0 holds the run folder's lock throughout: a second process on it is refused."""
+    lock = checkpoint.RunFolderLock(ctx.run_dir).acquire() if ctx.parts.fabric.is_global_zero else None
+    try:
+        return _fit(ctx, objective)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit(ctx, objective: Objective | None) -> dict:
     trainer, plan, parts = ctx.config.trainer, ctx.plan, ctx.parts
     objective = objective or parts.objective
     fabric = parts.fabric
@@ -54,7 +65,8 @@ def fit(ctx, objective: Objective | None = None) -> dict:
     )
     val_rows = validation_rows(ctx, dp_rank)
     model, optimizer, scheduler = parts.model, parts.optimizer, parts.scheduler
-    state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "loader": loader, "step": 0}
+    health = Health(trainer.max_consecutive_skips, trainer.spike_factor)
+    state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "loader": loader, "health": health, "step": 0}
     start_step = resume(ctx, state)
 
     if fabric.is_global_zero:
@@ -72,12 +84,16 @@ def fit(ctx, objective: Objective | None = None) -> dict:
     for step in range(start_step, trainer.max_steps):
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler moves it after)
         batches = [next(loader) for _ in range(plan.grad_accumulation)]
-        loss, grad_norm, step_metrics = train_step(fabric, plan, reducer, objective, model, optimizer, batches, trainer.grad_clip)
-        scheduler.step()
+        done = step + 1
+        loss, grad_norm, step_metrics, updated = train_step(
+            fabric, plan, reducer, objective, model, optimizer, batches, trainer.grad_clip,
+            health=health, step=done, poison=faults.nan_factor(ctx.config, done),
+        )
+        if updated:  # a skipped step leaves the schedule where it was, as it leaves the weights
+            scheduler.step()
         seconds = timer.lap()
         history.append(loss)
-        done = step + 1
-        metrics = {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm}
+        metrics = {"train/loss": loss, "train/lr": lr, "train/grad_norm": grad_norm} | health.metrics()
         if step == start_step:  # compilation and warm-up land here: a warm compile cache shows
             metrics["perf/first_step_s"] = seconds
             if fabric.is_global_zero:
@@ -91,6 +107,8 @@ def fit(ctx, objective: Objective | None = None) -> dict:
         if done % trainer.log_every == 0 or done == trainer.max_steps or "val/loss" in metrics:
             fabric.log_dict(metrics, step=done)
         console.update(done, metrics)
+        if health.exhausted():
+            roll_back(ctx, state, health, done)
         stopping = stop.should_stop(fabric)
         if checkpoint_due(trainer, done) or stopping:
             state["step"] = done
@@ -113,8 +131,13 @@ def fit(ctx, objective: Objective | None = None) -> dict:
     return {"losses": history, "sample": sample(ctx, model)}
 
 
-def train_step(fabric, plan, reducer: StepReducer, objective: Objective, model, optimizer, batches: list[Batch], max_norm: float):
-    """One optimizer step over this rank's micro batches: (mean loss, grad norm, mean metrics)."""
+def train_step(
+    fabric, plan, reducer: StepReducer, objective: Objective, model, optimizer, batches: list[Batch], max_norm: float,
+    health: Health | None = None, step: int = 0, poison: float | None = None,
+):
+    """One optimizer step over this rank's micro batches: (mean loss, grad norm, mean metrics,
+    whether the weights were updated: `health` skips a step whose loss or norm is not finite).
+    `poison` (fault injection) multiplies the loss before backward."""
     units = reducer.total(torch.tensor(float(sum(objective.units(b) for b in batches)), device=fabric.device))
     # Data-parallel gradient reduction averages over dp ranks: scale so the result is the mean
     # per unit over the global batch.
@@ -126,16 +149,34 @@ def train_step(fabric, plan, reducer: StepReducer, objective: Objective, model, 
         last = index == len(batches) - 1
         with fabric.no_backward_sync(model, enabled=not last):
             result = objective.step(model, batch)
-            fabric.backward(result.loss_sum * scale)
-        total += result.loss_sum.detach().float()
+            loss_sum = result.loss_sum if poison is None else result.loss_sum * poison
+            fabric.backward(loss_sum * scale)
+        total += loss_sum.detach().float()
         for name, value in result.metrics.items():
             sums[name] = sums.get(name, 0.0) + value.detach().float()
     grad_norm = clip_gradients(fabric, model, optimizer, max_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
     denominator = units.clamp(min=1.0)
+    loss = float(reducer.total(total) / denominator)  # global: every rank decides alike
+    updated = health is None or health.judge(step, loss, grad_norm)
+    if updated:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     metrics = {name: float(reducer.total(value) / denominator) for name, value in sums.items()}
-    return float(reducer.total(total) / denominator), grad_norm, metrics
+    return loss, grad_norm, metrics, updated
+
+
+def roll_back(ctx, state: dict, health: Health, done: int) -> None:
+    """Too many non-finite steps in a row: restore weights, optimizer and schedule from the newest
+    good checkpoint, keeping the data position (the offending batches are not replayed) and the
+    step count; stop (Health) when there is nothing to roll back to."""
+    found = checkpoint.find_checkpoint("auto", ctx.run_dir)
+    health.rolling_back(done, found)
+    loader, counts = state["loader"], health.state_dict()
+    position = loader.state_dict()
+    checkpoint.load(ctx.parts.fabric, found, state)
+    loader.load_state_dict(position)
+    health.load_state_dict(counts)
+    state["step"] = done
 
 
 def clip_gradients(fabric, model, optimizer, max_norm: float) -> float:
@@ -166,12 +207,16 @@ def speed(ctx, seconds: float) -> dict:
 def resume(ctx, state: dict) -> int:
     """Restore `state` from trainer.resume's checkpoint; returns the step to continue from."""
     spec = ctx.config.trainer.resume
+    fabric = ctx.parts.fabric
+    if spec == "auto":  # damaged newer checkpoints are named and set aside, so pruning never counts them as good
+        if fabric.is_global_zero:
+            checkpoint.set_aside_damaged(ctx.run_dir)
+        fabric.barrier()
     found = checkpoint.find_checkpoint(spec, ctx.run_dir) if spec else None
     if found is None:
         if spec:
             log.info("resume=%s: no checkpoint in %s yet, starting from step 0", spec, ctx.run_dir)
         return 0
-    fabric = ctx.parts.fabric
     remainder = checkpoint.load(fabric, found, state)
     step = int(remainder.get("step", state["step"]))
     if fabric.is_global_zero:
