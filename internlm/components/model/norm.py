@@ -8,12 +8,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from internlm.errors import ConfigError
 from internlm.registry import register
 
 
 @dataclass
 class NormConfig:
     eps: float = 1e-6  # added to the mean square before the rsqrt; exports write it as rms_norm_eps
+
+    def __post_init__(self):
+        if not 0 < self.eps < 1:
+            raise ConfigError(
+                f"model.norm.eps={self.eps} must be a small positive number (0 divides by zero on an all-zero row)",
+                where="model.norm.eps", fix="e.g. model.norm.eps=1e-6 (InternLM) or 1e-5",
+            )
 
 
 @register("model/norm", "rmsnorm", NormConfig)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from internlm.errors import ConfigError
 from internlm.registry import register
 
 
@@ -17,6 +18,26 @@ class AdamWConfig:
     eps: float = 1e-8  # added to the second-moment root
     weight_decay: float = 0.01  # decoupled decay, applied to weight matrices and embeddings only
     fused: bool | None = None  # fused CUDA kernel; null = on when the parameters are on a GPU
+
+    def __post_init__(self):
+        check_lr(self.lr)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(
+                f"optimizer.betas={list(self.betas)}: each of the two must be in [0, 1)",
+                where="optimizer.betas", fix="e.g. optimizer.betas=[0.9,0.95]",
+            )
+        if not self.eps > 0:
+            raise ConfigError(f"optimizer.eps={self.eps} must be positive", where="optimizer.eps", fix="e.g. optimizer.eps=1e-8")
+        if not self.weight_decay >= 0:
+            raise ConfigError(
+                f"optimizer.weight_decay={self.weight_decay} must be 0 or more", where="optimizer.weight_decay",
+                fix="e.g. optimizer.weight_decay=0.01 (0 = none)",
+            )
+
+
+def check_lr(lr: float) -> None:
+    if not (lr > 0 and lr < float("inf")):
+        raise ConfigError(f"optimizer.lr={lr} must be a positive number", where="optimizer.lr", fix="e.g. optimizer.lr=3e-4")
 
 
 @register("optimizer", "adamw", AdamWConfig)

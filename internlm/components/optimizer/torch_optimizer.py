@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from internlm.components.optimizer.adamw import check_lr
 from internlm.registry import register, resolve_target
 
 
@@ -16,6 +17,9 @@ class TorchOptimizerConfig:
     target: str = "torch.optim.SGD"  # a class under torch.optim.
     lr: float = 1e-3  # peak learning rate (the scheduler scales it)
     kwargs: dict[str, Any] = field(default_factory=dict)  # other constructor arguments
+
+    def __post_init__(self):
+        check_lr(self.lr)
 
 
 @register("optimizer", "torch", TorchOptimizerConfig)

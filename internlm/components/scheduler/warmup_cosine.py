@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from internlm.errors import ConfigError
 from internlm.registry import register
 
 
@@ -15,6 +16,17 @@ class WarmupCosineConfig:
     warmup_fraction: float = 0.01  # share of trainer.max_steps spent warming up linearly from 0
     warmup_steps: int | None = None  # overrides warmup_fraction when set
     min_lr: float = 1e-5  # learning rate reached at the last step
+
+    def __post_init__(self):
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise ConfigError(
+                f"scheduler.warmup_fraction={self.warmup_fraction} must be between 0 and 1 (a share of trainer.max_steps)",
+                where="scheduler.warmup_fraction", fix="e.g. scheduler.warmup_fraction=0.01, or a count: scheduler.warmup_steps=100",
+            )
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"scheduler.warmup_steps={self.warmup_steps} must be 0 or more", where="scheduler.warmup_steps", fix="e.g. scheduler.warmup_steps=100")
+        if not self.min_lr >= 0:
+            raise ConfigError(f"scheduler.min_lr={self.min_lr} must be 0 or more", where="scheduler.min_lr", fix="e.g. scheduler.min_lr=1e-5")
 
 
 @register("scheduler", "warmup_cosine", WarmupCosineConfig)
