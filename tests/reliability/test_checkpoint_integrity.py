@@ -1,0 +1,119 @@
+"""Checkpoints that cannot lie: damage is named, resume falls back to the newest good checkpoint
+(and then equals the uninterrupted run), a failed write leaves the previous one intact, a run
+folder has one owner, and nothing in a checkpoint is executed."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+
+from internlm.api import run
+from internlm.errors import ConfigError
+from internlm.runtime import checkpoint
+from internlm.runtime.checkpoint import RunFolderLock, complete_checkpoints
+
+
+def _steps(overrides: list[str]) -> list[str]:
+    return overrides + ["trainer.max_steps=4", "data.micro_batch_size=2", "trainer.checkpoint_every=2"]
+
+
+def _flip_a_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _a_shard(ckpt):
+    return sorted((ckpt / "state").glob("*.distcp"))[0]
+
+
+def test_a_corrupt_shard_is_named_set_aside_and_resume_equals_the_uninterrupted_run(tmp_path, fast_overrides, caplog):
+    overrides = _steps(fast_overrides)
+    straight = run(overrides, tmp_path)["losses"]
+    newest = complete_checkpoints(tmp_path)[-1]
+    shard = _a_shard(newest)
+    _flip_a_byte(shard)
+    damaged_bytes = shard.read_bytes()
+    assert "corrupt" in checkpoint.damage(newest) and str(shard) in checkpoint.damage(newest)
+
+    resumed = run(overrides + ["trainer.resume=auto"], tmp_path)["losses"]
+    assert resumed == straight[2:]  # fell back to step 2, replayed 3-4 exactly
+    assert str(shard) in caplog.text and "falling back" in caplog.text
+    aside = tmp_path / "checkpoints" / f"corrupt-{newest.name}"
+    assert (aside / "state" / shard.name).read_bytes() == damaged_bytes  # kept as it was, not overwritten
+    assert checkpoint.damage(complete_checkpoints(tmp_path)[-1]) is None
+
+
+def test_an_explicit_damaged_checkpoint_or_a_truncated_file_is_refused_by_path(tmp_path, fast_overrides):
+    run(_steps(fast_overrides), tmp_path)
+    first, newest = complete_checkpoints(tmp_path)
+    extras = newest / checkpoint.EXTRAS
+    extras.write_bytes(extras.read_bytes()[:-10])
+    with pytest.raises(ConfigError) as info:
+        checkpoint.find_checkpoint(str(newest), newest)
+    assert str(extras) in info.value.render() and "truncated" in info.value.render()
+    _flip_a_byte(_a_shard(first))
+    with pytest.raises(ConfigError) as info:  # every checkpoint damaged: never a silent start from 0
+        run(_steps(fast_overrides) + ["trainer.resume=auto"], tmp_path)
+    assert "every checkpoint" in info.value.render()
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact_and_stops_with_one_message(tmp_path, fast_overrides):
+    with pytest.raises(ConfigError) as info:
+        run(_steps(fast_overrides) + ["debug.fail_checkpoint_at_step=4"], tmp_path)
+    message = info.value.render()
+    assert "writing checkpoint 4 failed" in message and "step-00000002, is intact" in message
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000002"]
+    assert checkpoint.damage(complete_checkpoints(tmp_path)[0]) is None
+    assert not list((tmp_path / "checkpoints").glob(".*partial"))
+
+
+def test_keep_checkpoints_never_prunes_the_good_one_for_a_damaged_newer_one(tmp_path, fast_overrides):
+    overrides = _steps(fast_overrides) + ["trainer.checkpoint_every=1"]
+    run(overrides + ["trainer.max_steps=3", "trainer.keep_checkpoints=2"], tmp_path)
+    good, damaged = complete_checkpoints(tmp_path)
+    _flip_a_byte(_a_shard(damaged))
+    run(overrides + ["trainer.max_steps=4", "trainer.keep_checkpoints=1", "trainer.resume=auto"], tmp_path)
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step-00000004"]
+    assert checkpoint.damage(complete_checkpoints(tmp_path)[0]) is None
+    assert (tmp_path / "checkpoints" / f"corrupt-{damaged.name}").is_dir()
+
+
+def test_a_second_process_on_the_run_folder_is_refused_with_the_holders_pid(tmp_path, fast_overrides):
+    lock = RunFolderLock(tmp_path).acquire()
+    try:
+        with pytest.raises(ConfigError) as info:
+            run(_steps(fast_overrides), tmp_path)
+    finally:
+        lock.release()
+    assert f"pid {os.getpid()}" in info.value.render()
+    run(_steps(fast_overrides), tmp_path)  # released: the folder is usable again
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_pickle_with_a_payload_in_a_checkpoint_is_never_executed(tmp_path, fast_overrides, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run(_steps(fast_overrides), tmp_path)
+    newest = complete_checkpoints(tmp_path)[-1]
+    extras = newest / checkpoint.EXTRAS
+    extras.write_bytes(pickle.dumps({"step": _Payload()}))
+    meta = json.loads((newest / "meta.json").read_text())  # an attacker fixes the checksum too
+    meta["files"][checkpoint.EXTRAS] = {"bytes": extras.stat().st_size, "sha256": checkpoint.file_digest(extras)}
+    (newest / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(Exception) as info:
+        run(_steps(fast_overrides) + ["trainer.resume=auto"], tmp_path)
+    assert "weights_only" in str(info.value) or "Unpickl" in type(info.value).__name__ + str(info.value)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_target_outside_the_allowlist_is_refused(tmp_path, fast_overrides):
+    with pytest.raises(ConfigError) as info:
+        run(fast_overrides + ["optimizer=torch", "optimizer.target=os.system"], tmp_path)
+    assert "os.system" in info.value.render() and "allowed" in info.value.render()
