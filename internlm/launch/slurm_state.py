@@ -7,6 +7,7 @@ shape: {"<job>" or "<array job>_<task>": {"State": ..., "NodeList": ..., "ExitCo
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 # States after which a job will not run again (REQUEUED and PREEMPTED jobs come back).
@@ -37,6 +38,8 @@ def parse_scontrol(text: str) -> dict[str, dict[str, str]]:
 def scontrol_jobs(job_ids: list[str]) -> dict[str, dict[str, str]]:
     """Every listed job (array jobs with all their tasks) that scontrol still knows."""
     info: dict[str, dict[str, str]] = {}
+    if shutil.which("scontrol") is None:  # not a Slurm host: nothing is known
+        return info
     for job in sorted({str(j).split("_")[0] for j in job_ids}):
         result = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=60)
         if result.returncode == 0:

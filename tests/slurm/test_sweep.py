@@ -32,8 +32,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, slurm_cluster):
-    """Three points: two learning rates that train, and a negative one the optimizer refuses at
-    run time (a Python exception: Hydra catches it and the Slurm job itself ends COMPLETED, #1928)."""
+    """Three points: two learning rates that train, and a negative one that is refused."""
     sweep_dir = tmp_path_factory.mktemp("sweep")
     result = run_sweep(["hydra/launcher=slurm_cpu_test", "optimizer.lr=1e-3,3e-3,-1", *TINY, f"hydra.sweep.dir={sweep_dir}"])
     subprocess.run(["scancel", f"--name={TEST_JOB_NAME}"], timeout=30)
@@ -74,10 +73,10 @@ def test_summary_lists_both_points_with_their_losses(sweep):
 
 def test_a_failed_point_shows_as_failed(sweep):
     sweep_dir, result = sweep
-    assert result.returncode != 0  # Hydra reports the failed job's exception...
+    assert result.returncode != 0
     row = summary(sweep_dir)["optimizer.lr=-1"]
-    assert row["state"] == "FAILED"  # ...and the table says so, though Slurm saw the job exit 0
-    assert "learning rate" in row["error"].lower()
+    assert row["state"] == "FAILED"
+    assert "lr" in row["error"], row
     assert "| optimizer.lr=-1 | FAILED |" in (sweep_dir / "summary.md").read_text()
 
 
