@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 import socket
@@ -472,7 +473,14 @@ def load(fabric, checkpoint: Path, state: dict[str, Any]) -> dict[str, Any]:
     set_model_state_dict(model, tensors[key])
     for name, optimizer in optimizers.items():
         set_optimizer_state_dict(model, optimizer, tensors[name])
-    extras = torch.load(checkpoint / EXTRAS, map_location="cpu", weights_only=True)
+    try:
+        extras = torch.load(checkpoint / EXTRAS, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only: an object that is not plain data is refused, never run
+        raise ConfigError(
+            f"{checkpoint / EXTRAS} holds objects that are not plain data (refused, nothing executed): {str(exc).splitlines()[0]}",
+            where="trainer.resume",
+            fix="resume only from checkpoints this program wrote; pass an older checkpoint of the run",
+        ) from None
     set_rng_state(extras.pop(RNG_KEY))
     remainder = {}
     for name, value in extras.items():
