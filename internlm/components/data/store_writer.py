@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -238,6 +239,7 @@ def write_store(
         "inputs": [{"file": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in files],
         "shards": {},
     }
+    created = not output.exists()  # a refused run removes only what it made
     manifest = _adopt_existing(output, manifest, overwrite)
     if "plan" not in manifest:
         manifest["plan"] = [[asdict(p) for p in pieces] for pieces in plan_shards(files, settings.shard_bytes)]
@@ -277,6 +279,15 @@ def write_store(
         skipped.update(entry["skipped"])
     if empty_files:
         skipped["empty"] += empty_files
+    if sum(e["documents"] for e in shards) == 0:
+        if created:
+            shutil.rmtree(output, ignore_errors=True)
+        raise ConfigError(
+            f"the input holds no document to train on: every line was blank or skipped ({dict(skipped) or 'all blank'})",
+            where=WHERE,
+            fix=f"check the files, and that task.text_field (now '{settings.text_field}') names the text field "
+            f"and task.max_chars (now {settings.max_chars}) is not below your documents' length",
+        )
     manifest["complete"] = True
     manifest["totals"] = {
         "shards": len(shards),
