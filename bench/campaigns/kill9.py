@@ -58,7 +58,7 @@ def campaign(kills: int, seed: int, max_steps: int, workdir: Path) -> dict:
         restarts += 1
         if done_kills < kills:
             try:
-                proc.wait(timeout=rng.uniform(0.5, 0.6 * full_s))  # start-up, steps and checkpoint writes alike
+                proc.wait(timeout=rng.uniform(0.5, 0.3 * full_s))  # start-up, steps and checkpoint writes alike (a resumed run has less left)
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
@@ -92,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-steps", type=int, default=12)
+    parser.add_argument("--max-steps", type=int, default=40)
     parser.add_argument("--out", type=Path, default=Path("bench/campaigns/kill9_results.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,6 +23,7 @@ def test_the_generator_covers_unknown_keys_at_every_depth_and_bad_values():
 
 @pytest.mark.parametrize("attempt", [0])
 def test_kill_9_at_random_moments_then_resume_equals_the_uninterrupted_run_bitwise(tmp_path, attempt):
-    result = kill9.campaign(kills=2, seed=3, max_steps=6, workdir=tmp_path)
+    result = kill9.campaign(kills=2, seed=3, max_steps=8, workdir=tmp_path)
+    assert result["kills"] == 2
     assert result["bad_exits"] == [] and result["damaged_checkpoints"] == []
     assert result["final_weights_bitwise_equal"]
