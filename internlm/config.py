@@ -64,6 +64,7 @@ class RootConfig:
     tokenizer: Any = None
     data: Any = None
     objective: Any = None  # what a training step computes (next_token, dpo, ...)
+    adapter: Any = None  # adapters applied after the build (none, lora): only their parameters train
     optimizer: Any = None
     scheduler: Any = None
     loss: Any = None
@@ -71,10 +72,11 @@ class RootConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)  # fault injection, off by default
     checkpoint: str | None = None  # what inference tasks read: a run folder, a checkpoint folder or hf:<dir>
+    eval: Any = None  # an evaluation suite or dataset of conf/eval/ (task=eval, eval=mmlu); a schema, not a component
 
 
 # The groups that hold a registered component (typed Any above: each holds its own dataclass).
-COMPONENT_GROUPS = tuple(f.name for f in fields(RootConfig) if f.type == "Any")
+COMPONENT_GROUPS = tuple(f.name for f in fields(RootConfig) if f.type == "Any" and f.name != "eval")
 
 
 def store_root_schema() -> None:

@@ -19,7 +19,7 @@ from internlm.inference.engine import Engine
 from internlm.interop import load_hf_checkpoint, load_internlm_checkpoint, load_into, transformer_config_from_hf
 from internlm.interop.internlm_format import SHARD_NAME as SHARD
 from internlm.runtime import checkpoint as ckpt
-from internlm.runtime.saved_run import checkpoint_model_config, load_model_state
+from internlm.runtime.saved_run import checkpoint_model_config, inference_state
 
 HF_PREFIX = "hf:"
 INTERNLM_PREFIX = "internlm:"
@@ -106,7 +106,7 @@ def _checkpoint_source(source: str):
         raise ConfigError(f"checkpoint '{source}' does not exist", where="checkpoint", fix=FIX)
     checkpoint = ckpt.find_checkpoint(str(path), path)
     model_cfg, tokenizer = checkpoint_model_config(checkpoint)
-    return model_cfg, tokenizer, lambda: load_model_state(checkpoint)
+    return model_cfg, tokenizer, lambda: inference_state(checkpoint)
 
 
 def _internlm_source(folder: Path, model_config, tokenizer):

@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from internlm import registry
+from internlm.components.adapter.lora import merged_state_dict
 from internlm.errors import ConfigError
 from internlm.interop.dcp_source import dcp_model_tensors
 from internlm.runtime import checkpoint as ckpt
@@ -48,6 +49,22 @@ def checkpoint_model_config(checkpoint: Path) -> tuple[Any, Any]:
     return model_cfg, tokenizer
 
 
+def saved_lora(checkpoint: Path):
+    """The LoRA config a checkpoint was trained with, or None (trained without adapter=lora)."""
+    name = ckpt.read_meta(checkpoint)["components"].get("adapter")
+    if name != "lora":
+        return None
+    return typed_section("adapter", name, ckpt.read_config(checkpoint)["adapter"])
+
+
+def inference_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint's model runs with: adapters trained with LoRA folded in
+    (W + B A x alpha / rank), so inference needs no adapter code."""
+    state = load_model_state(checkpoint)
+    lora = saved_lora(checkpoint)
+    return merged_state_dict(state, lora.alpha / lora.rank) if lora is not None else state
+
+
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
     """(model in eval mode, tokenizer) from a checkpoint folder or the newest one of a run folder."""
     checkpoint = ckpt.find_checkpoint(str(path), Path(path))
@@ -56,7 +73,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn
         model = registry.build(model_cfg)
     model = model.to_empty(device=device)
     model.rotary.reset_parameters()  # buffers are not in the state dict
-    missing, unexpected = model.load_state_dict(load_model_state(checkpoint), strict=False)
+    missing, unexpected = model.load_state_dict(inference_state(checkpoint), strict=False)
     missing = [k for k in missing if not (model_cfg.tie_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
         raise ConfigError(

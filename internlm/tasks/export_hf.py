@@ -8,14 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from internlm.components.adapter.lora import merged_state_dict
 from internlm.components.tokenizer.chat_template import JINJA_CHAT_TEMPLATE
 from internlm.errors import ConfigError
 from internlm.interop import export_hf
-from internlm.registry import register
-from internlm.components.adapter.lora import merged_state_dict
 from internlm.interop.peft_export import export_peft_adapter
-from internlm.runtime.checkpoint import find_checkpoint, read_config, read_meta
-from internlm.runtime.saved_run import checkpoint_model_config, load_model_state, model_tensors, typed_section
+from internlm.registry import register
+from internlm.runtime.checkpoint import find_checkpoint
+from internlm.runtime.saved_run import checkpoint_model_config, load_model_state, model_tensors, saved_lora
 from internlm.tasks.base import RunContext, Task
 
 
@@ -29,14 +29,6 @@ class ExportHFConfig:
 
 
 ADAPTER_MODES = ("merge", "peft", "none")
-
-
-def saved_lora(checkpoint: Path):
-    """The LoRA config a checkpoint was trained with, or None (trained without adapter=lora)."""
-    name = read_meta(checkpoint)["components"].get("adapter")
-    if name != "lora":
-        return None
-    return typed_section("adapter", name, read_config(checkpoint)["adapter"])
 
 
 def without_adapters(source):
