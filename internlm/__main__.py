@@ -56,9 +56,9 @@ def hydra_entry(cfg: DictConfig) -> None:
     try:
         run_program(cfg, run_dir)
     except ConfigError as exc:
-        print(exc.render(), file=sys.stderr)
         if fresh:  # a refused run leaves no folder behind (an earlier run's folder is left as it was)
             shutil.rmtree(run_dir, ignore_errors=True)
+        print(exc.render(), file=sys.stderr)
         sys.exit(2)
 
 

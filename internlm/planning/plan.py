@@ -98,6 +98,16 @@ def resolve_precision(requested: str, accelerator: str) -> str:
 
 def check_model(model_cfg) -> None:
     attn = model_cfg.attention
+    check_positive(
+        {
+            "model.num_layers": model_cfg.num_layers,
+            "model.hidden_size": model_cfg.hidden_size,
+            "model.vocab_size": model_cfg.vocab_size,
+            "model.attention.num_heads": attn.num_heads,
+            "model.attention.num_kv_heads": attn.num_kv_heads,
+            "model.mlp.intermediate_size": model_cfg.mlp.intermediate_size,
+        }
+    )
     if model_cfg.hidden_size % attn.num_heads:
         raise ConfigError(
             f"hidden_size {model_cfg.hidden_size} is not divisible by num_heads {attn.num_heads}",
@@ -225,6 +235,7 @@ def add_training_plan(plan: Plan, cfg: RootConfig, scheduler, facts: Facts) -> N
             "data.micro_batch_size": cfg.data.micro_batch_size,
             "trainer.max_steps": trainer.max_steps,
             "trainer.log_every": trainer.log_every,
+            "trainer.max_consecutive_skips": trainer.max_consecutive_skips,
         }
     )
     seq_len = cfg.data.seq_len
