@@ -78,7 +78,7 @@ def run_program(cfg: DictConfig, run_dir: Path) -> Any:
     task = registry.build(config.task)
     pieces = build_pieces(config, task)
     facts = probe_facts(pieces.get("tokenizer"))
-    plan = compile_plan(config, facts, pieces["strategy"], pieces.get("scheduler"), trains=task.trains)
+    plan = compile_plan(config, facts, pieces["strategy"], pieces.get("scheduler"), trains=task.trains, allocates=task.allocates)
     if task.trains:  # inside a Slurm step, its tasks must be the world size (before any process group)
         check_slurm_layout(os.environ, config.trainer.num_nodes, config.trainer.devices)
     task.check_run_folder(config, cfg, run_dir)  # e.g. resume rules, before anything is written

@@ -194,10 +194,11 @@ def advisories(cfg: RootConfig, parameters: int) -> list[str]:
     return notes
 
 
-def compile_plan(cfg: RootConfig, facts: Facts, strategy, scheduler=None, trains: bool = True) -> Plan:
+def compile_plan(cfg: RootConfig, facts: Facts, strategy, scheduler=None, trains: bool = True, allocates: bool = True) -> Plan:
     """The plan of a run of `cfg` on the machine `facts` describes. `strategy` and `scheduler` are
     the run's component objects; `trains=False` (a task that only reads a model) leaves out the
-    batch layout, the schedule and the memory estimate."""
+    batch layout, the schedule and the memory estimate. `allocates=False` (task=plan: a plan for
+    another machine, shown here) reports a plan that does not fit this one instead of refusing it."""
     trainer = cfg.trainer
     check_positive({"trainer.devices": trainer.devices, "trainer.num_nodes": trainer.num_nodes})
     check_names(cfg)
@@ -219,13 +220,19 @@ def compile_plan(cfg: RootConfig, facts: Facts, strategy, scheduler=None, trains
         precision=precision,
         attention_backend=backend,
     )
-    if trains:
-        add_training_plan(plan, cfg, scheduler, facts)
     plan.warnings = advisories(cfg, plan.parameters)
+    if trains:
+        add_training_plan(plan, cfg, scheduler)
+        try:
+            check_fits(plan, facts)
+        except ConfigError as exc:
+            if allocates:
+                raise
+            plan.warnings.append(f"on this machine: {exc.what}")
     return plan
 
 
-def add_training_plan(plan: Plan, cfg: RootConfig, scheduler, facts: Facts) -> None:
+def add_training_plan(plan: Plan, cfg: RootConfig, scheduler) -> None:
     """The batch layout, schedule, FLOPs and memory of a training run."""
     trainer = cfg.trainer
     check_positive(
@@ -260,7 +267,6 @@ def add_training_plan(plan: Plan, cfg: RootConfig, scheduler, facts: Facts) -> N
         attention_backend=plan.attention_backend,
         matmul=cfg.model.kernels.matmul,
     )
-    check_fits(plan, facts)
 
 
 def check_fits(plan: Plan, facts: Facts) -> None:

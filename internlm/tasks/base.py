@@ -9,6 +9,8 @@ keeping lists of task names:
 * `trains`: the task runs the training loop, so the batch layout (global batch / micro batch /
   data-parallel ranks), the optimizer's schedule and the memory estimate are part of its plan.
   Tasks that only read a model (generate, export, serve, eval) are not checked against them.
+* `allocates`: the task runs the plan on this machine, so a plan above the device's memory is
+  refused (task=plan, which shows a plan for any machine, only warns).
 
 `check_run_folder` runs after compile and before plan.yaml is written: a task refuses a run folder
 it must not touch (pretraining over an earlier run's checkpoints) while nothing has been written.
@@ -48,6 +50,7 @@ class Task:
 
     needs_tokenizer: ClassVar[bool] = True
     trains: ClassVar[bool] = False
+    allocates: ClassVar[bool] = True  # runs here: a training plan that cannot fit this machine is refused
 
     def __init__(self, config: Any):
         self.config = config

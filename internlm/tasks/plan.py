@@ -36,6 +36,7 @@ def describe(plan) -> str:
 @register("task", "plan", PlanConfig)
 class PlanTask(Task):
     trains = True  # it shows the training plan: batch layout, schedule, memory
+    allocates = False  # ... for any machine: one that does not fit this one is a warning, not an error
 
     """Show what a run would be: `python -m internlm task=plan model=internlm_7b`."""
 

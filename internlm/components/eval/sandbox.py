@@ -118,10 +118,15 @@ def _isolate_filesystem(libc, workdir: Path, python_home: Path) -> None:
     os.chdir(workdir)  # the working directory still pointed into the mount below the new bind
 
 
+# Loaded once in the parent: a dlopen between fork and exec in a threaded process (the code
+# evaluator runs programs from a thread pool) can take a lock another thread held and crash.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def _child_setup(limits: Limits, workdir: Path, kernel: bool) -> None:
     """Runs in the child between fork and exec (preexec_fn)."""
     os.setsid()  # its own process group, so a timeout kills its children too
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _LIBC
     if kernel:
         _check(libc.unshare(CLONE_NEWNET | _CLONE_NEWNS), "unshare")
         _isolate_filesystem(libc, workdir, Path(sys.base_prefix))
