@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from internlm import registry
 from internlm.config import COMPONENT_GROUPS, RootConfig
+from internlm.errors import ConfigError
 from internlm.planning import Plan
 from internlm.runtime.parts import RunParts
 
@@ -60,3 +61,14 @@ class Task:
 
     def run(self, ctx: RunContext) -> Any:
         raise NotImplementedError
+
+
+def require_model_source(config: RootConfig, task_name: str) -> None:
+    """Inference tasks: `checkpoint=` must name something that exists, before anything is written."""
+    if not config.checkpoint:
+        raise ConfigError(f"task={task_name} needs a model", where="checkpoint",
+                          fix="add checkpoint=<run folder, checkpoint folder or hf:<export dir>>")
+    source = config.checkpoint.removeprefix("hf:")
+    if not Path(source).expanduser().exists():
+        raise ConfigError(f"'{source}' does not exist", where="checkpoint",
+                          fix="pass a run folder, a checkpoint folder or hf:<exported folder>")

@@ -14,7 +14,7 @@ from internlm.config import RootConfig
 from internlm.errors import ConfigError
 from internlm.registry import register
 from internlm.serve.config import ServeConfig
-from internlm.tasks.base import RunContext, Task
+from internlm.tasks.base import RunContext, Task, require_model_source
 
 
 def check_serve_config(config: ServeConfig) -> None:
@@ -45,13 +45,7 @@ class Serve(Task):
 
     def check_run_folder(self, config: RootConfig, raw: DictConfig, run_dir: Path) -> None:
         # Runs before plan.yaml is written: a bad command line leaves nothing behind.
-        if not config.checkpoint:
-            raise ConfigError("task=serve needs a model", where="checkpoint",
-                              fix="add checkpoint=<run folder, checkpoint folder or hf:<export dir>>")
-        source = config.checkpoint.removeprefix("hf:")
-        if not Path(source).expanduser().exists():
-            raise ConfigError(f"'{source}' does not exist", where="checkpoint",
-                              fix="pass a run folder, a checkpoint folder or hf:<exported folder>")
+        require_model_source(config, "serve")
         check_serve_config(self.config)
 
     def run(self, ctx: RunContext) -> None:

