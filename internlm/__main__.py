@@ -21,7 +21,7 @@ from internlm.paths import conf_dir
 
 store_root_schema()
 HELP_FLAGS = {"--help", "-h"}
-HYDRA_FILES = {".hydra", "__main__.log"}  # what Hydra writes into a run folder before the program starts
+HYDRA_FILES = {".hydra", "__main__.log", ".lock"}  # what Hydra (and the run-folder lock) put in a run folder before the program starts
 EXISTING_RUN_DIRS: set[Path] = set()  # run folders named on the command line that existed before this run
 
 USAGE = """usage: python -m internlm [group=option ...] [key=value ...] [-m] [--cfg job] [--hydra-help]
@@ -71,14 +71,36 @@ def main() -> None:
 
     try:
         sys.argv[1:] = rewrite_deprecated(sys.argv[1:])
-        check_overrides(sys.argv[1:])
+        sys.argv[1:] = check_overrides(sys.argv[1:])
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         sys.exit(2)
     for arg in sys.argv[1:]:
         if arg.startswith("hydra.run.dir=") and Path(arg.partition("=")[2]).expanduser().exists():
             EXISTING_RUN_DIRS.add(Path(arg.partition("=")[2]).expanduser().resolve())
-    hydra_entry()
+    lock = lock_named_run_dir(sys.argv[1:])
+    try:
+        hydra_entry()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def lock_named_run_dir(argv: list[str]):
+    """An existing run folder named on the command line is locked before Hydra writes its .hydra/
+    into it: a second process on a folder in use is refused having touched nothing."""
+    from internlm.runtime.checkpoint import RunFolderLock, is_launch_rank_zero
+
+    if {"-m", "--multirun"} & set(argv) or not EXISTING_RUN_DIRS or not is_launch_rank_zero():
+        return None
+    run_dir = next(iter(EXISTING_RUN_DIRS))
+    if not run_dir.is_dir():
+        return None
+    try:
+        return RunFolderLock(run_dir).acquire()
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

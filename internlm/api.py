@@ -17,8 +17,7 @@ from internlm.inference.chat_api import load  # noqa: F401  (public: internlm.lo
 
 def compose(overrides: list[str] | tuple[str, ...] = ()):
     """The composed (not yet compiled) config for these overrides, checked like the CLI's."""
-    check_overrides(list(overrides))
-    return hydra_compose(list(overrides))
+    return hydra_compose(check_overrides(list(overrides)))  # a single path given to a list field becomes a list
 
 
 def run(overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path = "outputs/api") -> Any:

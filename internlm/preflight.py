@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import internlm.tasks  # noqa: F401  (registers every schema the composition needs)
 from internlm.config import store_root_schema
@@ -120,7 +120,25 @@ def check_run_dir(value: str) -> None:
         )
 
 
-def check_overrides(argv: list[str]) -> None:
+def listify_single_values(argv: list[str], base: DictConfig, parsed) -> list[str]:
+    """`task.input=raw/*.jsonl` where the field is a list means `task.input=['raw/*.jsonl']`: one
+    path or glob is the common case, and OmegaConf would refuse it ("str is not a ListConfig")."""
+    rewritten = {}
+    for o in parsed:
+        key = o.key_or_group
+        if key.startswith("hydra") or o.is_delete() or _is_group(o) or o.is_sweep_override():
+            continue
+        value = o.value()
+        if not isinstance(value, str) or not isinstance(OmegaConf.select(base, key, default=None), ListConfig):
+            continue
+        quoted = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        rewritten[o.input_line] = f"{o.input_line.split('=', 1)[0]}=[{quoted}]"
+    return [rewritten.get(arg, arg) for arg in argv]
+
+
+def check_overrides(argv: list[str]) -> list[str]:
+    """Raise ConfigError on the first bad override; returns argv with single values given to list
+    fields made lists (`listify_single_values`)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides, multirun = split_overrides(argv)
@@ -152,11 +170,13 @@ def check_overrides(argv: list[str]) -> None:
             check_addition(base, key)
         else:
             check_key(base, key)
+    argv = listify_single_values(argv, base, parsed)
     if not multirun:  # values of sweeps are checked per job
         try:
-            compose(overrides)
+            compose(split_overrides(argv)[0])
         except Exception as exc:
             raise ConfigError(_first_line(exc), where="overrides", fix="give the value the type the field declares") from None
+    return argv
 
 
 def check_choice(override) -> None:

@@ -20,6 +20,7 @@ from internlm.components.model import attention_backends
 from internlm.config import RootConfig
 from internlm.launch.slurm_layout import check_slurm_layout
 from internlm.planning import Facts, compile_plan, to_typed, write_plan
+from internlm.runtime.checkpoint import RunFolderLock, is_launch_rank_zero
 from internlm.runtime.parts import RunParts
 from internlm.tasks.base import RunContext, Task
 
@@ -81,10 +82,16 @@ def run_program(cfg: DictConfig, run_dir: Path) -> Any:
     plan = compile_plan(config, facts, pieces["strategy"], pieces.get("scheduler"), trains=task.trains, allocates=task.allocates)
     if task.trains:  # inside a Slurm step, its tasks must be the world size (before any process group)
         check_slurm_layout(os.environ, config.trainer.num_nodes, config.trainer.devices)
-    task.check_run_folder(config, cfg, run_dir)  # e.g. resume rules, before anything is written
-    for note in plan.warnings:
-        log.warning(note)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_plan(run_dir / "plan.yaml", cfg, plan)
-    ctx = RunContext(config=config, raw=cfg, plan=plan, run_dir=run_dir, parts=RunParts(config, plan, run_dir, pieces))
-    return task.run(ctx)
+    # Held from before anything is written until the task ends: a second process on this folder is
+    # refused with the holder's pid and touches nothing (plan.yaml included).
+    lock = RunFolderLock(run_dir).acquire() if is_launch_rank_zero() else None
+    try:
+        task.check_run_folder(config, cfg, run_dir)  # e.g. resume rules, before anything is written
+        for note in plan.warnings:
+            log.warning(note)
+        write_plan(run_dir / "plan.yaml", cfg, plan)
+        ctx = RunContext(config=config, raw=cfg, plan=plan, run_dir=run_dir, parts=RunParts(config, plan, run_dir, pieces))
+        return task.run(ctx)
+    finally:
+        if lock is not None:
+            lock.release()

@@ -200,16 +200,31 @@ def set_aside_damaged(run_dir: Path) -> Path | None:
     return newest_good(found, set_aside_bad=True)
 
 
+def is_launch_rank_zero(environ=os.environ) -> bool:
+    """This process is global rank 0 of its launch, judged from the launcher's variables (torchrun,
+    Slurm, Fabric's subprocess launcher): only it takes the run folder's lock."""
+    return all(environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 class RunFolderLock:
     """An exclusive flock on <run>/.lock holding the owner's pid and host; the kernel drops it when
-    the process ends, however it ends, so a killed run never leaves a stale lock."""
+    the process ends, however it ends, so a killed run never leaves a stale lock. Re-entrant within
+    a process (the CLI, the program and the training loop each take it; flock would refuse a second
+    open of the same file by its own holder)."""
+
+    _held: dict[Path, list] = {}  # resolved lock path -> [open handle, depth]
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / LOCK
-        self.handle = None
+        self.key: Path | None = None
 
     def acquire(self) -> "RunFolderLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = self.path.resolve()
+        if key in self._held:
+            self._held[key][1] += 1
+            self.key = key
+            return self
         handle = self.path.open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -226,14 +241,20 @@ class RunFolderLock:
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
-        self.handle = handle
+        self._held[key] = [handle, 1]
+        self.key = key
         return self
 
     def release(self) -> None:
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
-            self.handle = None
+        if self.key is None:
+            return
+        held = self._held[self.key]
+        held[1] -= 1
+        if held[1] == 0:
+            fcntl.flock(held[0], fcntl.LOCK_UN)
+            held[0].close()
+            del self._held[self.key]
+        self.key = None
 
 
 def save(

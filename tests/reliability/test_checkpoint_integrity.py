@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 
@@ -82,15 +84,44 @@ def test_keep_checkpoints_never_prunes_the_good_one_for_a_damaged_newer_one(tmp_
     assert (tmp_path / "checkpoints" / f"corrupt-{damaged.name}").is_dir()
 
 
-def test_a_second_process_on_the_run_folder_is_refused_with_the_holders_pid(tmp_path, fast_overrides):
-    lock = RunFolderLock(tmp_path).acquire()
+HOLD_THE_LOCK = """
+import sys, time
+from pathlib import Path
+from internlm.runtime.checkpoint import RunFolderLock
+RunFolderLock(Path(sys.argv[1])).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_process_on_the_run_folder_is_refused_with_the_holders_pid_and_touches_nothing(tmp_path, fast_overrides):
+    (tmp_path / "plan.yaml").write_text("the running run's plan\n")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
-        with pytest.raises(ConfigError) as info:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError) as info:  # the program's own path (internlm.api.run)
             run(_steps(fast_overrides), tmp_path)
+        assert f"pid {holder.pid}" in info.value.render()
+        cli = subprocess.run(  # the command line: refused before Hydra writes its .hydra/ too
+            [sys.executable, "-m", "internlm", *_steps(fast_overrides), f"hydra.run.dir={tmp_path}"],
+            capture_output=True, text=True,
+        )
+        assert cli.returncode == 2 and f"pid {holder.pid}" in cli.stderr and "Traceback" not in cli.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "plan.yaml"]
+        assert (tmp_path / "plan.yaml").read_text() == "the running run's plan\n"
     finally:
-        lock.release()
-    assert f"pid {os.getpid()}" in info.value.render()
-    run(_steps(fast_overrides), tmp_path)  # released: the folder is usable again
+        holder.kill()
+        holder.wait()
+    run(_steps(fast_overrides), tmp_path)  # the holder is gone (killed: the kernel dropped its lock)
+
+
+def test_the_lock_is_reentrant_within_its_process(tmp_path):
+    outer = RunFolderLock(tmp_path).acquire()
+    inner = RunFolderLock(tmp_path).acquire()  # the program inside the CLI, the training loop inside the program
+    inner.release()
+    assert RunFolderLock._held  # still held by the outer one
+    outer.release()
+    assert not RunFolderLock._held
 
 
 class _Payload:

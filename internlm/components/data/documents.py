@@ -7,7 +7,8 @@ Blank lines of a JSONL file are not documents and are passed over.
 Bad input, each with a reason code: ``malformed_json``, ``missing_field`` (absent or not a
 string), ``invalid_utf8``, ``empty`` (nothing but whitespace), ``too_long`` (over the character
 limit). With ``on_error="fail"`` the first one ends the run with its file:line; with ``"skip"`` it
-is counted per reason and left out.
+is counted per reason and left out. Empty documents (and empty files) carry nothing to train on:
+they are always skipped and counted, never an error (a corpus with no document left is refused).
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ class DocumentPolicy:
     def accept(self, item: str | BadDocument) -> str | None:
         if not isinstance(item, BadDocument):
             return item
-        if self.on_error == "fail":
+        if self.on_error == "fail" and item.reason != "empty":
             raise bad_document_error(item, self.where)
         self.skipped[item.reason] += 1
         if len(self.examples) < 5:
@@ -180,7 +181,8 @@ def read_documents(files: list[Path], *, text_field: str, max_chars: int, policy
     documents: list[str] = []
     for path in files:
         if path.stat().st_size == 0:
-            raise ConfigError(f"data file {path} is empty", where=policy.where, fix="remove it or give it text")
+            policy.accept(BadDocument("empty", str(path), 1, "the file is empty"))
+            continue
         if is_jsonl(path):
             items = (item for _, _, item in iter_jsonl(path, text_parser(text_field, max_chars)))
         else:

@@ -8,10 +8,15 @@
    process, atomically; workers report bytes and tokens as they go, for the progress bar.
 3. Commit: the parent records each finished shard in the manifest (atomic rewrite). A rerun
    skips recorded shards whose files are intact and redoes the rest.
+
+Replacing a finished store (``task.overwrite=true``) writes the new one into ``.<name>.new`` beside
+it and swaps it in only when complete, so bad input, an empty result or a kill never cost the
+old store. Empty documents are skipped and counted whatever ``on_error`` says.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -36,6 +41,7 @@ from internlm.components.data.documents import (
 from internlm.components.data.encoding import join_documents, token_dtype
 from internlm.errors import ConfigError
 
+log = logging.getLogger("internlm")
 WHERE = "task.input"
 ENCODE_CHUNK_CHARS = 1 << 20  # documents handed to the tokenizer at once (~1 MB of text)
 
@@ -173,7 +179,7 @@ def run_shard(job: ShardJob) -> dict:
         for offset, item in piece_documents(piece, settings):
             pending_bytes, reached = pending_bytes + offset - reached, offset
             if isinstance(item, BadDocument):
-                if settings.on_error == "fail":
+                if settings.on_error == "fail" and item.reason != "empty":  # empty ones carry nothing: counted
                     raise item
                 skipped[item.reason] += 1
                 if len(examples) < 5:
@@ -218,16 +224,20 @@ def write_store(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Prepare (or finish preparing) the store at ``output``; returns a summary."""
+    """Prepare (or finish preparing) the store at ``output``; returns a summary.
+
+    Replacing a finished store (``overwrite``) builds the new one in a sibling folder and swaps it
+    in only once complete: bad input, an empty result or a kill leave the old store as it was."""
     started = time.perf_counter()
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"the output {output} is a file, not a folder", where="task.output", fix="name a folder (new or a token store)")
     files = [path.resolve() for path in files]  # the manifest must mean the same files from any directory
-    for path in files:
-        if path.stat().st_size == 0 and settings.on_error == "fail":
-            raise bad_document_error(BadDocument("empty", str(path), 1, "the file is empty"), WHERE)
-    empty_files = sum(1 for path in files if path.stat().st_size == 0)
+    empty_files = sum(1 for path in files if path.stat().st_size == 0)  # empty documents: skipped, counted
     files = [path for path in files if path.stat().st_size > 0]
     if not files:
-        raise ConfigError("every input file is empty", where=WHERE, fix="give files with text")
+        raise ConfigError(
+            "the input holds no document to train on: every input file is empty", where=WHERE, fix="give files with text"
+        )
 
     manifest = {
         "format": fmt.FORMAT,
@@ -239,14 +249,20 @@ def write_store(
         "inputs": [{"file": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in files],
         "shards": {},
     }
-    created = not output.exists()  # a refused run removes only what it made
-    manifest = _adopt_existing(output, manifest, overwrite)
+    finish_interrupted_swap(output)
+    build = _build_folder(output, manifest, overwrite)
+    created = not build.exists()  # a refused run removes only what it made
+    manifest = _adopt_existing(build, manifest)
     if "plan" not in manifest:
         manifest["plan"] = [[asdict(p) for p in pieces] for pieces in plan_shards(files, settings.shard_bytes)]
-    fmt.write_manifest(output, manifest)
+    fmt.write_manifest(build, manifest)
+
+    def discard() -> None:  # what this run made and must not leave behind (an old store is never touched)
+        if created or build != output:
+            shutil.rmtree(build, ignore_errors=True)
 
     pending = [
-        ShardJob(i, [Piece(**p) for p in pieces], str(output), settings, manifest["dtype"])
+        ShardJob(i, [Piece(**p) for p in pieces], str(build), settings, manifest["dtype"])
         for i, pieces in enumerate(manifest["plan"])
         if str(i) not in manifest["shards"]
     ]
@@ -256,11 +272,12 @@ def write_store(
 
     def commit(job: ShardJob, entry: dict) -> None:
         manifest["shards"][str(job.index)] = entry
-        fmt.write_manifest(output, manifest)
+        fmt.write_manifest(build, manifest)
 
     try:
         _run_jobs(pending, tokenizer, counters, commit, workers, bar, started)
     except BadDocument as bad:
+        discard()
         raise bad_document_error(bad, WHERE) from None
     except BrokenProcessPool:
         raise ConfigError(
@@ -280,8 +297,7 @@ def write_store(
     if empty_files:
         skipped["empty"] += empty_files
     if sum(e["documents"] for e in shards) == 0:
-        if created:
-            shutil.rmtree(output, ignore_errors=True)
+        discard()
         raise ConfigError(
             f"the input holds no document to train on: every line was blank or skipped ({dict(skipped) or 'all blank'})",
             where=WHERE,
@@ -295,7 +311,9 @@ def write_store(
         "tokens": sum(e["tokens"] for e in shards),
         "skipped": dict(skipped),
     }
-    fmt.write_manifest(output, manifest)
+    fmt.write_manifest(build, manifest)
+    if build != output:
+        swap_in(build, output)
     seconds = time.perf_counter() - started
     new_tokens = counters[1].value
     return {
@@ -309,37 +327,94 @@ def write_store(
     }
 
 
-def _adopt_existing(output: Path, manifest: dict, overwrite: bool) -> dict:
-    """Continue a store begun with the same inputs and settings; refuse anything else."""
-    output.mkdir(parents=True, exist_ok=True)
-    for leftover in output.glob(".*.tmp-*"):  # files a killed run was writing: never part of the store
-        leftover.unlink(missing_ok=True)
-    path = output / fmt.MANIFEST
-    if not path.exists():
-        strangers = [p.name for p in output.iterdir() if not p.name.startswith((".", "shard-"))]
+RECORDED = ("tokenizer", "dtype", "settings", "inputs")  # what makes two stores the same store
+
+
+def _sibling(output: Path, role: str) -> Path:
+    """``.<name>.new`` (a replacement being built) or ``.<name>.old`` (the store it replaces, mid-swap)."""
+    return output.parent / f".{output.name}.{role}"
+
+
+def _build_folder(output: Path, manifest: dict, overwrite: bool) -> Path:
+    """Where to write: ``output`` itself (new, resumed, or an unfinished store of other inputs),
+    or, replacing a finished store, a sibling that is swapped in when complete."""
+    if not (output / fmt.MANIFEST).exists():
+        return output
+    old = fmt.read_manifest(output, "task.output")
+    changed = [k for k in RECORDED if old.get(k) != manifest[k]]
+    if not changed:
+        shutil.rmtree(_sibling(output, "new"), ignore_errors=True)  # a replacement given up on
+        return output
+    if not old.get("complete"):
+        log.warning("%s held an unfinished store of other %s: starting it again", output, " and ".join(changed))
+        for stale in [*output.glob("shard-*.npy"), output / fmt.MANIFEST]:
+            stale.unlink()
+        return output
+    if not overwrite:
+        raise ConfigError(
+            f"{output} holds a finished store made with other {' and '.join(changed)}",
+            where="task.output",
+            fix="choose a new output folder, or set task.overwrite=true to replace it (the old store is kept until the new one is complete)",
+        )
+    return _sibling(output, "new")
+
+
+def _adopt_existing(folder: Path, manifest: dict) -> dict:
+    """Continue a store begun in ``folder`` with the same inputs and settings, or start afresh
+    (``_build_folder`` has refused what must not be replaced)."""
+    if folder.exists() and not (folder / fmt.MANIFEST).exists():
+        strangers = [p.name for p in folder.iterdir() if not p.name.startswith((".", "shard-"))]
         if strangers:
             raise ConfigError(
-                f"output folder {output} is not empty and holds no token store ({', '.join(sorted(strangers)[:3])})",
+                f"output folder {folder} is not empty and holds no token store ({', '.join(sorted(strangers)[:3])})",
                 where="task.output",
                 fix="choose an empty or new folder",
             )
+    folder.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.glob(".*.tmp-*"):  # files a killed run was writing: never part of the store
+        leftover.unlink(missing_ok=True)
+    path = folder / fmt.MANIFEST
+    if not path.exists():
         return manifest
-    old = fmt.read_manifest(output, "task.output")
-    same = all(old.get(k) == manifest[k] for k in ("tokenizer", "dtype", "settings", "inputs"))
-    if same:
-        old["shards"] = {k: v for k, v in old["shards"].items() if fmt.shard_is_intact(output, v)}
+    old = fmt.read_manifest(folder, "task.output")
+    if all(old.get(k) == manifest[k] for k in RECORDED):
+        old["shards"] = {k: v for k, v in old["shards"].items() if fmt.shard_is_intact(folder, v)}
         old["complete"] = old["complete"] and len(old["shards"]) == len(old["plan"])
         return old
-    if not overwrite:
-        changed = [k for k in ("tokenizer", "dtype", "settings", "inputs") if old.get(k) != manifest[k]]
-        raise ConfigError(
-            f"{output} holds a store made with other {' and '.join(changed)}",
-            where="task.output",
-            fix="choose a new output folder, or set task.overwrite=true to replace it",
-        )
-    for stale in [*output.glob("shard-*.npy"), path]:
+    for stale in [*folder.glob("shard-*.npy"), path]:  # a replacement begun with other inputs
         stale.unlink()
     return manifest
+
+
+def swap_in(new: Path, output: Path) -> None:
+    """Replace ``output`` by the complete store in ``new``: two renames (the old store moves aside
+    first and is removed last), so that at every moment one whole store can be found;
+    `finish_interrupted_swap` completes a swap cut between them."""
+    old = _sibling(output, "old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(output, old)
+    os.replace(new, output)
+    _fsync_dir(output.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def finish_interrupted_swap(output: Path) -> None:
+    old, new = _sibling(output, "old"), _sibling(output, "new")
+    if not old.exists():
+        return
+    if not output.exists():
+        complete = (new / fmt.MANIFEST).exists() and fmt.read_manifest(new, "task.output").get("complete")
+        os.replace(new if complete else old, output)
+        log.warning("finished an interrupted replacement of %s (%s store kept)", output, "new" if complete else "old")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _run_jobs(jobs: list[ShardJob], tokenizer, counters, commit, workers: int, bar, started: float) -> None:

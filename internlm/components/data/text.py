@@ -91,7 +91,12 @@ def tokenized(files: list[Path], tokenizer, config: TextDataConfig, where: str) 
             "skipped bad documents in %s: %s (e.g. %s)", where, dict(policy.skipped), "; ".join(policy.examples)
         )
     if not documents:
-        raise ConfigError(f"no documents in {', '.join(map(str, files))}", where=where, fix="give the files text")
+        raise ConfigError(
+            f"no documents in {', '.join(map(str, files))}: every line was blank or skipped ({dict(policy.skipped) or 'all blank'})",
+            where=where,
+            fix=f"give the files text, and check that data.text_field (now '{config.text_field}') names the text field "
+            f"and data.max_chars (now {config.max_chars}) is not below your documents' length",
+        )
     result = encode_documents(tokenizer, documents, add_bos=config.add_bos)
     _CACHE[key] = result
     if len(_CACHE) > _CACHE_SIZE:

@@ -130,7 +130,7 @@ def bad_corpus(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("reason", sorted(BAD_LINES))
+@pytest.mark.parametrize("reason", sorted(set(BAD_LINES) - {"empty"}))
 def test_fail_names_the_file_line_and_reason(tmp_path, tokenizer, reason):
     good = [json.dumps({"text": d}).encode() for d in random_documents(6, max_words=8)]
     path = tmp_path / "bad.jsonl"
@@ -139,6 +139,16 @@ def test_fail_names_the_file_line_and_reason(tmp_path, tokenizer, reason):
         prepare_data(config([path], tmp_path / "store", workers=1, max_chars=100), tokenizer)
     assert "task.on_error=skip" in err.value.fix
     assert not (tmp_path / "store" / fmt.shard_files(0)["tokens"]).exists()
+
+
+def test_empty_documents_and_files_are_skipped_and_counted_even_under_fail(tmp_path, tokenizer):
+    good = [json.dumps({"text": d}).encode() for d in random_documents(4, max_words=8)]
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join(good[:2] + [BAD_LINES["empty"], b'{"text": ""}'] + good[2:]) + b"\n")
+    (tmp_path / "b.txt").write_bytes(b"")
+    (tmp_path / "c.txt").write_bytes(b" \n\t\n")
+    summary = prepare_data(config([tmp_path / "a.jsonl", tmp_path / "b.txt", tmp_path / "c.txt"], tmp_path / "store", workers=1), tokenizer)
+    assert summary["documents"] == 4 and summary["skipped"] == {"empty": 4}
+    assert fmt.read_manifest(tmp_path / "store", "test")["totals"]["skipped"] == {"empty": 4}
 
 
 def test_skip_counts_every_reason(tmp_path, tokenizer):

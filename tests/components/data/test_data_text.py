@@ -87,9 +87,9 @@ def test_missing_path_is_a_config_error(tmp_path, tokenizer):
         make(tokenizer, paths=[str(tmp_path / "*.jsonl")])
 
 
-def test_empty_file_is_a_config_error(tmp_path, tokenizer):
+def test_an_empty_file_alone_is_a_corpus_of_no_documents(tmp_path, tokenizer):
     (tmp_path / "empty.jsonl").write_bytes(b"")
-    with pytest.raises(ConfigError, match="is empty"):
+    with pytest.raises(ConfigError, match=r"no documents .*'empty': 1"):
         make(tokenizer, paths=[str(tmp_path / "empty.jsonl")])
 
 
