@@ -135,3 +135,14 @@ def test_misleading_command_lines_get_the_right_hint(tmp_path):
         assert hint in result.stderr, (arg, result.stderr)
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "outputs").exists()  # nothing written by any of them
+
+
+def test_a_single_path_or_glob_where_a_list_is_expected_is_that_list():
+    from internlm.api import compose
+    from internlm.preflight import check_overrides
+
+    argv = ["task=prepare_data", "task.input=raw/*.jsonl", "task.output=out"]
+    assert check_overrides(argv) == ["task=prepare_data", "task.input=['raw/*.jsonl']", "task.output=out"]
+    assert list(compose(argv).task.input) == ["raw/*.jsonl"]
+    assert list(compose(["data=text", "data.paths='my data/a b.jsonl'"]).data.paths) == ["my data/a b.jsonl"]
+    assert list(compose(["data=text", "data.paths=[a.jsonl,b.jsonl]"]).data.paths) == ["a.jsonl", "b.jsonl"]
