@@ -3,6 +3,12 @@
 Each shard is its own token stream cut into rows (`packing.py`); a row never spans two shards,
 which leaves out less than one row per shard. The store is refused before training when it was
 tokenized by another tokenizer than the configured one, or is unfinished.
+
+Shards are checked against the manifest's sha256 lazily: once per shard and process, when its
+first row is read. Opening stays a stat per file (a store of thousands of shards opens at once),
+a 16 MB shard costs ~20 ms of hashing once, and a byte flipped on disk after the store was written
+is still found (a cache keyed by size and mtime would trust it). A damaged shard stops the run
+with its path; nothing is rewritten. ``data.verify_checksums=true`` checks every shard up front.
 """
 
 from __future__ import annotations
@@ -61,17 +67,18 @@ def open_store(store: Path, tokenizer, seq_len: int, where: str, verify: bool = 
     parts = []
     for index in range(len(manifest["plan"])):
         entry = manifest["shards"][str(index)]
-        if not fmt.shard_is_intact(store, entry, checksum=verify):
+        if not fmt.shard_is_intact(store, entry):  # sizes: a stat each
             raise ConfigError(
-                f"shard {index} of {store} is missing or damaged",
+                f"shard {index} of {store} is missing or truncated",
                 where=where,
                 fix="prepare the store again (task.overwrite=true)",
             )
         if entry["tokens"] <= seq_len:
             continue  # too short for one row
-        tokens = np.load(store / entry["files"]["tokens"]["name"], mmap_mode="r")
-        starts = np.load(store / entry["files"]["docs"]["name"], mmap_mode="r")
-        parts.append(StreamRows(tokens, starts, seq_len))
+        shard = CheckedShard(store, entry, seq_len, where)
+        if verify:
+            shard.rows()
+        parts.append(shard)
     if not parts:
         raise ConfigError(
             f"token store {store} has no shard of at least seq_len + 1 = {seq_len + 1} tokens",
@@ -79,6 +86,36 @@ def open_store(store: Path, tokenizer, seq_len: int, where: str, verify: bool = 
             fix="lower data.seq_len or prepare more text",
         )
     return ConcatRows(parts)
+
+
+class CheckedShard:
+    """One shard's rows, its files hashed against the manifest before the first row is read."""
+
+    def __init__(self, store: Path, entry: dict, seq_len: int, where: str):
+        self.store, self.entry, self.seq_len, self.where = store, entry, seq_len, where
+        self._rows: StreamRows | None = None
+
+    def __len__(self) -> int:
+        return max(0, (self.entry["tokens"] - 1) // self.seq_len)  # as StreamRows counts them
+
+    def get(self, rows: np.ndarray):
+        return self.rows().get(rows)
+
+    def rows(self) -> StreamRows:
+        if self._rows is None:
+            files = self.entry["files"]
+            for record in files.values():
+                path = self.store / record["name"]
+                if fmt.sha256_file(path) != record["sha256"]:
+                    raise ConfigError(
+                        f"token store shard {path} is corrupt: its sha256 differs from the manifest's",
+                        where=self.where,
+                        fix="restore the file from a copy, or prepare the store again (task.overwrite=true)",
+                    )
+            tokens = np.load(self.store / files["tokens"]["name"], mmap_mode="r")
+            starts = np.load(self.store / files["docs"]["name"], mmap_mode="r")
+            self._rows = StreamRows(tokens, starts, self.seq_len)
+        return self._rows
 
 
 def check_tokenizer(recorded: dict, tokenizer, store: Path, where: str) -> None:

@@ -64,7 +64,7 @@ def test_missing_store_and_no_path(tmp_path, tokenizer):
         make(tokenizer)
 
 
-def test_damaged_shard_is_found_with_checksums(store, tokenizer, tmp_path):
+def test_a_corrupted_byte_in_a_shard_is_named_when_its_rows_are_first_read_and_nothing_is_rewritten(store, tokenizer, tmp_path):
     import shutil
 
     copy = tmp_path / "copy"
@@ -73,9 +73,28 @@ def test_damaged_shard_is_found_with_checksums(store, tokenizer, tmp_path):
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF
     shard.write_bytes(bytes(data))
-    make(tokenizer, path=str(copy))  # sizes still match: only a checksum finds it
-    with pytest.raises(ConfigError, match="damaged"):
-        make(tokenizer, path=str(copy), verify_checksums=True)
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    opened = make(tokenizer, path=str(copy))  # sizes still match: opening reads no shard
+    rows = opened.train_rows
+    with pytest.raises(ConfigError, match="shard-00001.tokens.npy is corrupt") as err:
+        rows.get(np.arange(len(rows)))
+    assert str(shard) in err.value.render() and "task.overwrite=true" in err.value.fix
+    with pytest.raises(ConfigError, match="shard-00001.tokens.npy is corrupt"):
+        make(tokenizer, path=str(copy), verify_checksums=True)  # every shard, up front
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+    intact = make(tokenizer, path=str(store)).train_rows
+    intact.get(np.arange(len(intact)))  # the undamaged store reads through
+
+
+def test_a_truncated_shard_is_refused_when_the_store_is_opened(store, tokenizer, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    shard = copy / "shard-00000.docs.npy"
+    shard.write_bytes(shard.read_bytes()[:-8])
+    with pytest.raises(ConfigError, match="shard 0 of .* is missing or truncated"):
+        make(tokenizer, path=str(copy))
 
 
 def test_the_model_learns_from_store_batches(store, tokenizer):
