@@ -27,6 +27,8 @@ written with zero biases (exactly the same function).
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 from pathlib import Path
 from typing import Mapping
@@ -38,6 +40,7 @@ from internlm.errors import ConfigError
 from internlm.interop.safetensors_io import load_torch_file
 from internlm.interop.staging import staged_folder
 
+log = logging.getLogger("internlm")
 SHARD_NAME = re.compile(r"^model_tp(\d+)_pp(\d+)\.pt$")
 BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 PREFIX = "model."
@@ -49,13 +52,19 @@ EMBEDDING_KEYS = ("embedding.weight", "embedding.word_embeddings.weight")  # v0.
 # ---------------------------------------------------------------------------------------- reading
 
 
-def load_internlm_checkpoint(folder: str | Path, config: TransformerConfig | None = None) -> dict[str, torch.Tensor]:
+def load_internlm_checkpoint(
+    folder: str | Path, config: TransformerConfig | None = None, where: str = "model.init_from"
+) -> dict[str, torch.Tensor]:
     """Our state dict from every ``model_tp*_pp*.pt`` in ``folder``, whatever the tp/pp layout.
 
-    With ``config``, attention biases the model does not have are dropped when they are all zero (as
+    With ``config``, the folder's ``model_config.pt`` (when there is one) must describe the same
+    network (`check_model_config`: heads and norm eps change the logits but no tensor's shape), and
+    attention biases the model does not have are dropped when they are all zero (as
     `save_internlm_checkpoint` writes them for a bias-free model); non-zero ones are kept, for
     `load_into` to report."""
     folder = Path(folder).expanduser()
+    if config is not None:
+        check_model_config(folder, config, where)
     grid = _shard_grid(folder)
     tp, pp = len(grid), len(grid[0])
     state: dict[str, torch.Tensor] = {}
@@ -66,6 +75,58 @@ def load_internlm_checkpoint(folder: str | Path, config: TransformerConfig | Non
         state.update(_merge_stage(shards, offset, grid[0][stage]))
         offset += blocks
     return _drop_zero_biases(state, config) if config is not None else state
+
+
+MODEL_CONFIG = "model_config.pt"
+
+
+def check_model_config(folder: Path, config: TransformerConfig, where: str) -> None:
+    """Refuse a checkpoint whose ``model_config.pt`` describes another network than ``config``,
+    naming each field and the override that matches the checkpoint."""
+    path = folder / MODEL_CONFIG
+    if not path.is_file():
+        log.warning("%s has no %s: the number of heads and the norm eps cannot be checked against the config", folder, MODEL_CONFIG)
+        return
+    saved = load_torch_file(path)
+    if not isinstance(saved, Mapping):
+        raise ConfigError(f"{path} is not a dict of model settings", where=where, fix="point at the trainer's checkpoint folder")
+    if str(saved.get("norm_type", "rmsnorm")).lower() != "rmsnorm":
+        raise ConfigError(
+            f"{path} describes a {saved['norm_type']} model; this project's models use RMSNorm",
+            where=where,
+            fix="convert a checkpoint trained with norm_type='rmsnorm'",
+        )
+    diffs = []
+    for theirs, ours, value in _saved_fields(saved, config):
+        if value is not None and not _same(ours(config), value):
+            diffs.append((theirs, ours(config), value))
+    if diffs:
+        listed = "; ".join(f"model.{key}: config {mine}, checkpoint {value}" for key, mine, value in diffs)
+        overrides = " ".join(f"model.{key}={value}" for key, _, value in diffs)
+        raise ConfigError(
+            f"the checkpoint's model ({path}) differs from the configured one: {listed}",
+            where=where,
+            fix=f"set the checkpoint's values: {overrides}",
+        )
+
+
+def _saved_fields(saved: Mapping, config: TransformerConfig) -> list:
+    """(our field, how to read it from a config, the checkpoint's value or None) per recorded setting."""
+    def get(name, kind):
+        return kind(saved[name]) if saved.get(name) is not None else None
+
+    # mlp_ratio is left to the shapes: the trainer rounds the width it gives (load_into names it)
+    return [
+        ("num_layers", lambda c: c.num_layers, get("num_layers", int)),
+        ("hidden_size", lambda c: c.hidden_size, get("hidden_size", int)),
+        ("attention.num_heads", lambda c: c.attention.num_heads, get("num_attention_heads", int)),
+        ("vocab_size", lambda c: c.vocab_size, get("vocab_size", int)),
+        ("norm.eps", lambda c: float(c.norm.eps), get("layer_norm_epsilon", float)),
+    ]
+
+
+def _same(ours, theirs) -> bool:
+    return math.isclose(ours, theirs, rel_tol=1e-6) if isinstance(theirs, float) else ours == theirs
 
 
 def _drop_zero_biases(state: dict[str, torch.Tensor], config: TransformerConfig) -> dict[str, torch.Tensor]:

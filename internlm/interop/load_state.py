@@ -63,7 +63,7 @@ def check_fit(expected: Mapping[str, tuple[int, ...]], state: Mapping[str, torch
         raise ConfigError(
             "the checkpoint does not fit the model: " + "; ".join(problems),
             where=where,
-            fix=_fix_hint(missing + unexpected),
+            fix=_fix_hint(missing + unexpected, _shape_overrides(expected, state)),
         )
 
 
@@ -89,7 +89,36 @@ def _listed(what: str, keys: list[str]) -> str:
     return f"{len(keys)} {what}: {', '.join(keys[:MAX_LISTED])}{more}"
 
 
-def _fix_hint(keys: list[str]) -> str:
+# Our tensor names whose checkpoint shape gives a model field's value: (key suffix, dim, field).
+SHAPE_FIELDS = (
+    ("embed_tokens.weight", 0, "vocab_size"),
+    ("embed_tokens.weight", 1, "hidden_size"),
+    ("mlp.gate_proj.weight", 0, "mlp.intermediate_size"),
+)
+
+
+def _shape_overrides(expected: Mapping[str, tuple[int, ...]], state: Mapping[str, torch.Tensor]) -> list[str]:
+    """``model.<field>=<the checkpoint's value>`` for each field its tensor shapes pin down."""
+    found: dict[str, int] = {}
+    for suffix, dim, field in SHAPE_FIELDS:
+        for key, shape in expected.items():
+            if key.endswith(suffix) and key in state and tuple(state[key].shape) != tuple(shape):
+                if state[key].shape[dim] != shape[dim]:
+                    found[field] = int(state[key].shape[dim])
+                break
+    layers = {int(k.split(".")[1]) for k in state if k.startswith("layers.") and k.split(".")[1].isdigit()}
+    ours = {int(k.split(".")[1]) for k in expected if k.startswith("layers.") and k.split(".")[1].isdigit()}
+    if layers and layers != ours and layers == set(range(len(layers))):
+        found["num_layers"] = len(layers)
+    out = [f"model.{field}={value}" for field, value in found.items()]
+    key = next((k for k in expected if k.endswith("self_attn.k_proj.weight")), None)
+    if key and key in state and tuple(state[key].shape) != tuple(expected[key]) and "hidden_size" not in found:
+        out.append("model.attention.num_kv_heads (the checkpoint's k_proj has "
+                   f"{state[key].shape[0]} rows, {state[key].shape[0]} / head_dim kv heads)")
+    return out
+
+
+def _fix_hint(keys: list[str], overrides: list[str] = ()) -> str:
     hints = []
     if any(k.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")) for k in keys):
         hints.append("model.attention.qkv_bias")
@@ -100,4 +129,5 @@ def _fix_hint(keys: list[str]) -> str:
     if any(k.startswith("layers.") and not k.endswith(".bias") for k in keys):
         hints.append("model.num_layers")
     named = f" (check {', '.join(hints)})" if hints else ""
-    return f"configure the model as the checkpoint was trained{named}, or point at a checkpoint of this model"
+    values = f"set the checkpoint's values: {' '.join(overrides)}; " if overrides else ""
+    return f"{values}configure the model as the checkpoint was trained{named}, or point at a checkpoint of this model"

@@ -189,3 +189,41 @@ def test_missing_shard_and_unsupported_models_are_config_errors(tmp_path, model)
     with pytest.raises(ConfigError, match="tp=3 does not divide"):
         save_internlm_checkpoint(model.state_dict(), model.config, tmp_path / "tp3", tp=3, pp=1)
     assert not (tmp_path / "gqa").exists() and not (tmp_path / "tp3").exists()
+
+
+@pytest.mark.parametrize("field, value, override", [
+    ("num_heads", 8, "model.attention.num_heads=4"),
+    ("eps", 1e-6, "model.norm.eps=1e-05"),
+])
+def test_a_checkpoint_of_another_architecture_with_the_same_shapes_is_refused_with_the_override(tmp_path, model, field, value, override):
+    """8 heads or another eps change the logits but no tensor's shape: model_config.pt is read."""
+    import dataclasses
+
+    save_internlm_checkpoint(model.state_dict(), model.config, tmp_path / "out", tp=1, pp=1)
+    config = model.config
+    if field == "num_heads":
+        other = dataclasses.replace(config, attention=dataclasses.replace(config.attention, num_heads=value))
+    else:
+        other = dataclasses.replace(config, norm=dataclasses.replace(config.norm, eps=value))
+    assert {k: tuple(v.shape) for k, v in Transformer(other).state_dict().items()} == {
+        k: tuple(v.shape) for k, v in model.state_dict().items()
+    }  # same shapes: only model_config.pt can tell
+    with pytest.raises(ConfigError) as info:
+        load_internlm_checkpoint(tmp_path / "out", other)
+    assert override in info.value.fix and "model_config.pt" in info.value.render()
+    state = load_internlm_checkpoint(tmp_path / "out", model.config)  # the matching config loads
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_shape_mismatches_name_the_overrides_with_the_checkpoints_values(tmp_path, model):
+    import dataclasses
+
+    save_internlm_checkpoint(model.state_dict(), model.config, tmp_path / "out", tp=1, pp=1)
+    (tmp_path / "out" / "model_config.pt").unlink()  # an old checkpoint without one: shapes must tell
+    config = model.config
+    other = dataclasses.replace(config, vocab_size=320, mlp=dataclasses.replace(config.mlp, intermediate_size=config.mlp.intermediate_size + 8))
+    state = load_internlm_checkpoint(tmp_path / "out", other)
+    with pytest.raises(ConfigError) as info:
+        load_into(Transformer(other), state)
+    assert "model.vocab_size=300" in info.value.fix
+    assert f"model.mlp.intermediate_size={config.mlp.intermediate_size}" in info.value.fix
