@@ -148,3 +148,32 @@ def test_a_target_outside_the_allowlist_is_refused(tmp_path, fast_overrides):
     with pytest.raises(ConfigError) as info:
         run(fast_overrides + ["optimizer=torch", "optimizer.target=os.system"], tmp_path)
     assert "os.system" in info.value.render() and "allowed" in info.value.render()
+
+
+@pytest.mark.parametrize("tamper", ["target_in_section", "component_name"])
+def test_a_checkpoint_config_naming_code_outside_the_allowlist_is_refused_and_never_imported(tmp_path, fast_overrides, monkeypatch, tamper):
+    import yaml
+
+    import internlm
+
+    monkeypatch.chdir(tmp_path)
+    run(_steps(fast_overrides), tmp_path / "run")
+    newest = complete_checkpoints(tmp_path / "run")[-1]
+    if tamper == "target_in_section":  # Hydra's instantiate would call this; our readers must not
+        saved = yaml.safe_load((newest / "config.yaml").read_text())
+        saved["model"]["_target_"] = "os.system"
+        saved["model"]["_args_"] = ["touch PWNED"]
+        (newest / "config.yaml").write_text(yaml.safe_dump(saved))
+        meta = json.loads((newest / "meta.json").read_text())  # an attacker fixes the checksum too
+        config = newest / "config.yaml"
+        meta["files"]["config.yaml"] = {"bytes": config.stat().st_size, "sha256": checkpoint.file_digest(config)}
+        (newest / "meta.json").write_text(json.dumps(meta))
+    else:
+        meta = json.loads((newest / "meta.json").read_text())
+        meta["components"]["model"] = "os.system"
+        (newest / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError) as info:
+        internlm.load(newest)
+    message = info.value.render()
+    assert ("not in 'TransformerConfig'" in message) if tamper == "target_in_section" else ("os.system" in message)
+    assert not (tmp_path / "PWNED").exists()
