@@ -38,9 +38,14 @@ class CausalLM:
     """A LanguageModel over a forward function returning logits."""
 
     def __init__(self, name: str, forward: Forward, codec: TextCodec, device: torch.device,
-                 max_length: int, batch_tokens: int = 16384, engine_factory: Callable[[], Any] | None = None):
+                 max_length: int, batch_tokens: int = 16384, engine_factory: Callable[[], Any] | None = None,
+                 tree_forward: Any = None):
         self.name, self.forward, self.codec, self.device = name, forward, codec, device
         self.max_length, self.batch_tokens = max_length, batch_tokens
+        self.tree_forward = tree_forward  # prefix_scoring.TreeForward: shared prefixes computed once
+        self.share_prefixes = tree_forward is not None  # False: every request scored on its own (the reference)
+        self.chunk_tokens = 4096  # nodes of one packed trie (its attention is dense over them)
+        self.logit_rows = 16384  # vocabulary rows of logits one forward may return
         self.engine_factory, self._engine = engine_factory, None  # KV-cached batched decoding, when the model has it
 
     # ---- the protocol -------------------------------------------------------------------------
@@ -106,22 +111,28 @@ class CausalLM:
         return []
 
     def _split(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """(context ids, continuation ids); an empty context is the start of a document."""
-        if context and context[-1] == " " and continuation and continuation[0] != " ":
-            context, continuation = context[:-1], " " + continuation  # lm-eval: the space joins the answer
-        whole = self.codec.encode(context + continuation)
-        context_ids = self.codec.encode(context) if context else []
+        """(context ids, continuation ids), as lm-eval-harness 0.4 splits them: trailing whitespace
+        of the context joins the answer; the continuation is the tail of encode(context +
+        continuation). An empty context is the start of a document: scored after the model's
+        start token (BOS, else end-of-text), or from the second token when it already is one."""
+        codec, prefix = self.codec, self._prefix()
+        if not context:
+            ids = codec.encode(continuation)
+            if prefix:
+                return prefix, ids
+            start = codec.bos_id if codec.bos_id is not None else codec.eos_id
+            if start is None or (ids and ids[0] == start):
+                return ids[:1], ids[1:]
+            return [start], ids
+        stripped = context.rstrip()
+        if stripped != context:
+            context, continuation = stripped, context[len(stripped) :] + continuation
+        whole = codec.encode(context + continuation)
+        context_ids = codec.encode(context) if context else []
         if whole[: len(context_ids)] != context_ids:  # tokens merged across the boundary
-            continuation_ids = self.codec.encode(continuation)
+            continuation_ids = codec.encode(continuation)
         else:
             continuation_ids = whole[len(context_ids) :]
-        prefix = self._prefix()
-        if not prefix and not context_ids:  # no BOS: the first token cannot be scored
-            fallback = self.codec.eos_id if self.codec.eos_id is not None else None
-            if fallback is not None:
-                prefix = [fallback]  # lm-eval scores from the end-of-text token
-            else:
-                context_ids, continuation_ids = continuation_ids[:1], continuation_ids[1:]
         return prefix + context_ids, continuation_ids
 
     @torch.no_grad()
@@ -129,10 +140,14 @@ class CausalLM:
         if any(not target for _, target in pieces):
             raise ConfigError("a continuation encodes to no tokens", where="evaluation prompts",
                               fix="check the dataset's answer template: it must add text after the prompt")
-        rows = []
-        for context, target in pieces:
-            ids = (context + target)[-(self.max_length + 1) :]  # truncate from the left, keep the target
-            rows.append((ids[:-1], len(target)))
+        wholes = [(context + target)[-(self.max_length + 1) :] for context, target in pieces]  # truncate from the left, keep the target
+        rows = [(whole[:-1], whole[len(whole) - len(target) :]) for whole, (_, target) in zip(wholes, pieces)]
+        if self.tree_forward is not None and self.share_prefixes:
+            return self._score_shared(rows)
+        return self._score_each(rows)
+
+    def _score_each(self, rows: Sequence[tuple[list[int], list[int]]]) -> list[Loglikelihood]:
+        """Every request its own padded row: the plain path (and the reference of the shared one)."""
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
         results: list[Loglikelihood | None] = [None] * len(rows)
         start = 0
@@ -147,12 +162,41 @@ class CausalLM:
                 inputs[row, : len(ids)] = torch.tensor(ids)
             logits = self.forward(inputs.to(self.device))
             for row, i in enumerate(batch):
-                ids, n = rows[i]
-                full = (pieces[i][0] + pieces[i][1])[-(self.max_length + 1) :]
-                target = torch.tensor(full[-n:], device=logits.device)
-                picked = logits[row, len(ids) - n : len(ids)].float().log_softmax(-1)
-                logprob = picked.gather(-1, target[:, None]).sum().item()
-                results[i] = Loglikelihood(logprob, bool((picked.argmax(-1) == target).all()), n)
+                ids, target = rows[i]
+                n = len(target)
+                results[i] = _loglikelihood(logits[row, len(ids) - n : len(ids)], target)
+        return results  # type: ignore[return-value]
+
+    def _score_shared(self, rows: Sequence[tuple[list[int], list[int]]]) -> list[Loglikelihood]:
+        """Shared prefixes (a question's options, a subject's few-shot preamble) computed once:
+        the requests' tokens packed as tries (prefix_scoring), several tries per forward."""
+        from internlm.inference.prefix_scoring import pack, tree_inputs
+
+        chunks = pack([ids for ids, _ in rows], min(self.chunk_tokens, self.batch_tokens))
+        chunks.sort(key=lambda c: -c.size)
+        results: list[Loglikelihood | None] = [None] * len(rows)
+        start = 0
+        while start < len(chunks):
+            batch, kept = [], set()
+            while start < len(chunks):
+                chunk = chunks[start]
+                needed = {node for r, path in zip(chunk.rows, chunk.paths) for node in path[len(path) - len(rows[r][1]) :]}
+                union = kept | needed
+                # padded to the batch's first (largest) chunk; logits come back for the union of kept nodes
+                if batch and ((len(batch) + 1) * batch[0].size > self.batch_tokens or (len(batch) + 1) * len(union) > self.logit_rows):
+                    break
+                batch.append(chunk)
+                kept = union
+                start += 1
+            keep = sorted(kept)
+            where = {node: k for k, node in enumerate(keep)}
+            tokens, positions, mask = tree_inputs(batch, self.device)
+            logits = self.tree_forward(tokens, positions, mask, torch.tensor(keep, device=self.device))
+            for c, chunk in enumerate(batch):
+                for r, path in zip(chunk.rows, chunk.paths):
+                    target = rows[r][1]
+                    nodes = torch.tensor([where[node] for node in path[len(path) - len(target) :]], device=logits.device)
+                    results[r] = _loglikelihood(logits[c, nodes], target)
         return results  # type: ignore[return-value]
 
     @torch.no_grad()
@@ -176,6 +220,14 @@ class CausalLM:
             if cut is not None:
                 return text[:cut]
         return text
+
+
+def _loglikelihood(logits: torch.Tensor, target: list[int]) -> Loglikelihood:
+    """Summed log-probability of `target` under logits [n, vocab], and whether it is the argmax."""
+    picked = logits.float().log_softmax(-1)
+    wanted = torch.tensor(target, device=logits.device)
+    logprob = picked.gather(-1, wanted[:, None]).sum().item()
+    return Loglikelihood(logprob, bool((picked.argmax(-1) == wanted).all()), len(target))
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
@@ -219,7 +271,10 @@ def for_internlm(name: str, model: torch.nn.Module, tokenizer: Any, batch_tokens
 
         return Engine(model, tokenizer, name, max_context=min(max_length, 4096), max_batch=16)
 
-    return CausalLM(name, lambda ids: model(ids), codec, device, max_length, batch_tokens, engine_factory=engine)
+    from internlm.inference.prefix_scoring import internlm_tree_forward
+
+    return CausalLM(name, lambda ids: model(ids), codec, device, max_length, batch_tokens, engine_factory=engine,
+                    tree_forward=internlm_tree_forward(model))
 
 
 # ---- Hugging Face ---------------------------------------------------------------------------------
@@ -270,17 +325,22 @@ def for_hf(source: str, device: str | torch.device = "cpu", dtype: torch.dtype =
 
 def for_hf_model(name: str, model: Any, tokenizer: Any, batch_tokens: int = 16384) -> CausalLM:
     has_template = bool(getattr(tokenizer, "chat_template", None))
-    eos = tokenizer.eos_token_id
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    # lm-eval encodes with the tokenizer's own special tokens: BOS in front where it adds one (Llama)
+    adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos] != tokenizer("a", add_special_tokens=False)["input_ids"][:1]
     codec = TextCodec(
         encode=lambda text: tokenizer(text, add_special_tokens=False)["input_ids"],
         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-        bos_id=tokenizer.bos_token_id,
+        bos_id=bos,
         eos_id=eos,
-        add_bos=False,  # lm-eval's default for Hugging Face models
+        add_bos=adds_bos,
         render_chat=(lambda messages: tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True))
         if has_template else None,
         stop_ids=(eos,) if eos is not None else (),
     )
     max_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
     device = next(model.parameters()).device
-    return CausalLM(name, lambda ids: model(ids).logits, codec, device, min(max_length, 8192), batch_tokens)
+    from internlm.inference.prefix_scoring import hf_tree_forward
+
+    return CausalLM(name, lambda ids: model(ids).logits, codec, device, min(max_length, 8192), batch_tokens,
+                    tree_forward=hf_tree_forward(model))

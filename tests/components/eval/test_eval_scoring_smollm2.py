@@ -28,10 +28,11 @@ def smollm2():
 def reference_loglikelihood(model, tokenizer, context: str, continuation: str) -> tuple[float, bool]:
     """One request, unbatched, straight from transformers (lm-eval's token split)."""
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    if context.endswith(" ") and not continuation.startswith(" "):  # lm-eval moves the space to the answer
-        context, continuation = context[:-1], " " + continuation
-    context_ids = encode(context) if context else [tokenizer.eos_token_id]
-    whole = encode(context + continuation) if context else [tokenizer.eos_token_id] + encode(continuation)
+    while context.endswith((" ", "\n")):  # lm-eval moves the context's trailing whitespace to the answer
+        context, continuation = context[:-1], context[-1] + continuation
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    context_ids = encode(context) if context else [start]  # an empty context: after the start token
+    whole = encode(context + continuation) if context else [start] + encode(continuation)
     target = whole[len(context_ids):]
     with torch.no_grad():
         logprobs = model(torch.tensor([whole])).logits[0].log_softmax(-1)
@@ -47,6 +48,7 @@ REQUESTS = [
     ("Question: What is 2 + 2?\nAnswer:", " five hundred and twelve"),
     ("", "To be, or not to be, that is the question."),
     ("以下是中国关于法学考试的单项选择题。\n答案: ", "A"),
+    ("Answer:  \n", "B"),  # several trailing whitespace characters move, as lm-eval 0.4 moves them
 ]
 
 
@@ -60,6 +62,39 @@ def test_loglikelihoods_equal_plain_transformers(smollm2):
         assert got.is_greedy == greedy
     assert ours[0].logprob > ours[1].logprob  # Paris over Berlin
     assert ours[0].is_greedy
+
+
+def test_loglikelihoods_equal_lm_eval_harness(smollm2):
+    """lm-eval-harness's own HFLM.loglikelihood on the same model and strings (`pip install
+    --no-deps lm-eval`: HFLM needs none of its metric packages)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model, tokenizer = smollm2
+    theirs = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4).loglikelihood(
+        [Instance("loglikelihood", {}, request, i) for i, request in enumerate(REQUESTS)], disable_tqdm=True)
+    ours = for_hf_model("smollm2", model, tokenizer).loglikelihood(REQUESTS)
+    for request, (logprob, greedy), got in zip(REQUESTS, theirs, ours):
+        assert got.logprob == pytest.approx(logprob, abs=1e-4), request
+        assert got.is_greedy == greedy, request
+
+
+def test_shared_prefixes_equal_unshared_scoring(smollm2):
+    """Two questions of one subject behind the same few-shot preamble, four options each: the
+    trie-packed path (each prefix once) equals every request scored alone."""
+    preamble = "The following are multiple choice questions (with answers) about astronomy.\n\n" + "".join(
+        f"What is {a} + {a}?\nA. {a}\nB. {2 * a}\nC. {3 * a}\nD. 0\nAnswer: B\n\n" for a in (1, 2))
+    requests = [(preamble + f"Which planet is {q}?\nA. Mars\nB. Venus\nC. Jupiter\nD. Mercury\nAnswer:", f" {label}")
+                for q in ("largest", "red") for label in "ABCD"]
+    requests += [(requests[0][0], " " + word) for word in ("Jupiter", "Mars")]  # cloze: the option's text
+    model, tokenizer = smollm2
+    lm = for_hf_model("smollm2", model, tokenizer, batch_tokens=1024)
+    shared = lm.loglikelihood(requests)
+    lm.share_prefixes = False
+    alone = lm.loglikelihood(requests)
+    for a, b in zip(shared, alone):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4) and a.is_greedy == b.is_greedy
 
 
 @pytest.mark.skipif(not os.environ.get("INTERNLM_SLOW_EVAL"), reason="~10 minutes on two CPU cores: set INTERNLM_SLOW_EVAL=1")
