@@ -4,18 +4,27 @@ The model stays pure (training code never sees a cache): this module calls its e
 block's norms, q/k/v/o projections, rotary, MLP, the final norm and the head, and only replaces
 the attention kernel by one that reads and writes the cache. The math is the model's.
 
-* `prefill(tokens [S], slot)`: one prompt, causal attention over itself; fills the slot's cache
-  rows 0..S-1 and returns the last position's logits.
-* `decode(tokens [B], positions [B], slot_count, kv_len)`: one new token for slots 0..B-1 at the
-  given positions; attends over cache rows 0..kv_len-1, masked per slot to its own length.
-  Rows of slots that are free compute garbage that nobody reads. Shapes depend only on
-  (B, kv_len), which the engine rounds up to buckets so compiled graphs are reused.
+* `prefill_batch(tokens [B, C], slots, starts, lengths)`: a chunk of up to C prompt tokens for
+  each of B requests at once, request b's tokens at positions starts[b] .. starts[b]+lengths[b]-1
+  (the rest of its row is padding). Keys and values go into the slots' cache rows; queries attend
+  causally over the slot's earlier rows and the chunk. A long prompt is prefilled in several
+  chunks (starts > 0), so decoding of other requests can run between them. Returns the logits
+  of each row's last real token.
+* `prefill(tokens [S], slot)`: one whole prompt (prefill_batch with one row starting at 0).
+* `decode(tokens [B], positions [B], kv_len)`: one new token for slots 0..B-1 at the given
+  positions; attends over cache rows 0..kv_len-1, masked per slot to its own length. Rows of
+  slots that are not decoding compute garbage that nobody reads. Shapes depend only on
+  (B, kv_len), which the engine rounds up to buckets so compiled code and CUDA graphs are reused.
+  `decode_layer` is one block of it: the unit that `torch.compile` compiles once for all layers.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from internlm.components.model.rotary import apply_rotary
 from internlm.inference.kv_cache import KVCache
@@ -38,6 +47,15 @@ def _qkv(attn, x: torch.Tensor, rope):
     return q, k, v
 
 
+def attention_kernels(device: torch.device):
+    """On CUDA: SDPA's flash kernel (causal prefill), else the memory-efficient one (masks), never
+    cuDNN's, which builds and caches an execution plan for every new shape (every prompt length
+    and batch); math as the last resort. Elsewhere: torch's own choice."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH], set_priority=True)
+
+
 def _attend(q, k, v, mask, scale, gqa: bool) -> torch.Tensor:
     """q [B, H, S, D], k/v [B, Hkv, T, D] -> [B, H, S, D] (SDPA; fp32 softmax inside)."""
     if mask is None:
@@ -55,44 +73,75 @@ def _block(block, x, rope, attend_and_cache):
     return x + block.mlp(block.post_attention_layernorm(x))
 
 
-def prefill(model, cache: KVCache, tokens: torch.Tensor, slot: int) -> torch.Tensor:
-    """Logits [vocab] after the prompt `tokens` [S]; the slot's cache holds its keys and values."""
-    seq = tokens.shape[0]
-    positions = torch.arange(seq, device=tokens.device)[None]
-    x = model.embed_tokens(tokens[None])
+def prefill_batch(model, cache: KVCache, tokens: torch.Tensor, slots: list[int], starts: list[int],
+                  lengths: list[int]) -> torch.Tensor:
+    """Logits [B, vocab] of each row's last real token; the slots' cache holds the chunk's keys and values."""
+    batch, width = tokens.shape
+    device = tokens.device
+    offsets = torch.arange(width, device=device)
+    positions = torch.tensor(starts, device=device)[:, None] + offsets[None]  # [B, C]
+    # Where the real tokens go in the cache (padding is not written: it may lie past the context).
+    row_of = [b for b, n in enumerate(lengths) for _ in range(n)]
+    col_of = [c for n in lengths for c in range(n)]
+    rows, cols = torch.tensor(row_of, device=device), torch.tensor(col_of, device=device)
+    slot_rows = torch.tensor(slots, device=device)
+    cache_slots, cache_positions = slot_rows[rows], positions[rows, cols]
+    fresh = not any(starts)  # every row starts its prompt here: plain causal attention over the chunk
+    kv_len = max(s + n for s, n in zip(starts, lengths))
+    # True where a query may attend: the slot's earlier tokens and the chunk up to itself.
+    mask = None if fresh else (torch.arange(kv_len, device=device)[None, None, :] <= positions[:, :, None])[:, None]
+    x = model.embed_tokens(tokens)
     rope = model.rotary.cos_sin(positions, x.dtype)
 
     def attend_and_cache(layer: int):
         def run(attn, q, k, v):
-            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [1, Hkv, S, D]
-            cache.keys[layer, slot, :, :seq] = k[0]
-            cache.values[layer, slot, :, :seq] = v[0]
-            return _attend(q.transpose(1, 2), k, v, None, attn.scale, attn.num_heads != attn.num_kv_heads)
+            keys, values = cache.keys[layer], cache.values[layer]
+            keys[cache_slots, :, cache_positions] = k[rows, cols]
+            values[cache_slots, :, cache_positions] = v[rows, cols]
+            gqa = attn.num_heads != attn.num_kv_heads
+            if fresh:
+                return _attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, attn.scale, gqa)
+            return _attend(q.transpose(1, 2), keys[slot_rows, :, :kv_len], values[slot_rows, :, :kv_len], mask,
+                           attn.scale, gqa)
         return run
 
-    for layer, block in enumerate(model.layers.values()):
-        x = _block(block, x, rope, attend_and_cache(layer))
-    return model.lm_head(model.norm(x[:, -1:]))[0, 0]
+    with attention_kernels(device):
+        for layer, block in enumerate(model.layers.values()):
+            x = _block(block, x, rope, attend_and_cache(layer))
+    last = x[torch.arange(batch, device=device), torch.tensor(lengths, device=device) - 1]
+    return model.lm_head(model.norm(last[:, None]))[:, 0]
 
 
-def decode(model, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor:
-    """Logits [B, vocab] for one token per slot 0..B-1 (tokens, positions: [B] int64)."""
+def prefill(model, cache: KVCache, tokens: torch.Tensor, slot: int) -> torch.Tensor:
+    """Logits [vocab] after the prompt `tokens` [S]; the slot's cache holds its keys and values."""
+    return prefill_batch(model, cache, tokens[None], [slot], [0], [tokens.shape[0]])[0]
+
+
+def decode_layer(block, x, rope, keys, values, rows, positions, mask):
+    """One block of a decode step: x [B, 1, hidden] for slots 0..B-1; keys/values: this layer's
+    cache [slots, Hkv, max_context, D]; mask [B, 1, 1, kv_len]. Writes the new keys and values."""
+    kv_len = mask.shape[-1]
+    batch = x.shape[0]
+
+    def run(attn, q, k, v):
+        keys[rows, :, positions] = k[:, 0]
+        values[rows, :, positions] = v[:, 0]
+        return _attend(q.transpose(1, 2), keys[:batch, :, :kv_len], values[:batch, :, :kv_len], mask, attn.scale,
+                       attn.num_heads != attn.num_kv_heads)
+
+    return _block(block, x, rope, run)
+
+
+def decode(model, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int,
+           layer_fn=decode_layer) -> torch.Tensor:
+    """Logits [B, vocab] for one token per slot 0..B-1 (tokens, positions: [B] int64). `layer_fn`
+    runs each block (decode_layer, or a compiled copy of it)."""
     batch = tokens.shape[0]
     x = model.embed_tokens(tokens[:, None])
     rope = model.rotary.cos_sin(positions[:, None], x.dtype)
     rows = torch.arange(batch, device=tokens.device)
     # True where a slot may attend: its own earlier tokens and the new one.
     mask = (torch.arange(kv_len, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
-
-    def attend_and_cache(layer: int):
-        def run(attn, q, k, v):
-            keys, values = cache.keys[layer, :batch], cache.values[layer, :batch]
-            keys[rows, :, positions] = k[:, 0]
-            values[rows, :, positions] = v[:, 0]
-            return _attend(q.transpose(1, 2), keys[:, :, :kv_len], values[:, :, :kv_len], mask, attn.scale,
-                           attn.num_heads != attn.num_kv_heads)
-        return run
-
     for layer, block in enumerate(model.layers.values()):
-        x = _block(block, x, rope, attend_and_cache(layer))
+        x = layer_fn(block, x, rope, cache.keys[layer], cache.values[layer], rows, positions, mask)
     return model.lm_head(model.norm(x))[:, 0]

@@ -1,15 +1,19 @@
 """The inference engine: a static KV cache and one background loop that runs all requests.
 
 Every path (batched `generate`, `stream`, `submit` from many threads) goes through one scheduler
-thread, which owns the model: each iteration it admits waiting requests into free cache slots
-(one prefill each, giving their first token) and then runs ONE decode step for every running
-request. A request joins and leaves the running batch at any step; a cancelled one frees its slot
-at the next step. Sampling is per request (own generator, own parameters), so a request's tokens
-do not depend on what else runs beside it.
+thread, which owns the model. Each iteration it
+1. gives waiting requests free cache slots (first come, first served);
+2. runs ONE batched prefill of up to `prefill_chunk` prompt tokens across the requests still
+   prefilling: several short prompts go in one forward, a long one is split over iterations
+   (chunked prefill), so the running requests keep decoding meanwhile; a request whose prompt
+   is complete samples its first token there;
+3. runs ONE decode step for every request past its prompt.
+A request joins and leaves the running batch at any step; a cancelled one frees its slot at the
+next step. Sampling is per request (own generator, own parameters), so a request's tokens do not
+depend on what else runs beside it, nor on how its prompt was chunked.
 
-On CUDA the decode step is compiled with CUDA graphs (gpt-fast's recipe: fixed shapes, a static
-cache). Shapes are rounded up to buckets (batch: powers of two; attended length: powers of two
-from 128) so a few recorded graphs serve every step. On CPU it runs eagerly at exact shapes.
+On CUDA the decode step runs from CUDA graphs over compiled blocks (gpt-fast's recipe, see
+decode_runner.py); on CPU eagerly at exact shapes.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from internlm.components.tokenizer.chat_template import encode_chat_prompt
 from internlm.errors import ConfigError
 from internlm.inference import cached_forward
+from internlm.inference.decode_runner import DecodeRunner
 from internlm.inference.kv_cache import KVCache, cache_bytes, check_fits
 from internlm.inference.params import SamplingParams
 from internlm.inference.request import Completion, Delta, Request, RequestHandle
@@ -31,16 +36,10 @@ from internlm.inference.request import Completion, Delta, Request, RequestHandle
 log = logging.getLogger(__name__)
 
 
-def _bucket(n: int, smallest: int, largest: int) -> int:
-    size = smallest
-    while size < n:
-        size *= 2
-    return min(size, largest)
-
-
 class Engine:
     def __init__(self, model: torch.nn.Module, tokenizer, model_id: str, max_context: int | None = None,
-                 max_batch: int = 16, compile: bool | str = "auto"):
+                 max_batch: int = 16, compile: bool | str = "auto", cuda_graphs: bool | str = "auto",
+                 prefill_chunk: int = 1024):
         self.model, self.tokenizer, self.model_id = model.eval(), tokenizer, model_id
         config = model.config
         trained = config.attention.rotary.max_position
@@ -49,19 +48,33 @@ class Engine:
             raise ConfigError(f"max_context={self.max_context} is too small", where="max_context", fix="use at least 2")
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        if not isinstance(prefill_chunk, int) or prefill_chunk < 1:
+            raise ConfigError(f"prefill_chunk={prefill_chunk!r} must be an integer >= 1", where="prefill_chunk",
+                              fix="e.g. prefill_chunk=1024 (prompt tokens per prefill step)")
+        self.prefill_chunk, self.max_batch = prefill_chunk, max_batch
+        on_cuda = self.device.type == "cuda"
+        compiled = on_cuda if compile == "auto" else bool(compile)
+        graphs = on_cuda if cuda_graphs == "auto" else bool(cuda_graphs)
+        if graphs and not on_cuda:
+            raise ConfigError("cuda_graphs=True needs the model on a CUDA device", where="cuda_graphs",
+                              fix="use cuda_graphs=auto or False on the CPU")
         attn = model.layers["0"].self_attn
         shape = (config.num_layers, max_batch, attn.num_kv_heads, self.max_context, attn.head_dim)
-        check_fits(cache_bytes(*shape, self.dtype), self.device, where="max_batch / max_context")
-        self.cache = KVCache(*shape, dtype=self.dtype, device=self.device)
-        self.max_batch = max_batch
-        self.compiled = self.device.type == "cuda" if compile == "auto" else bool(compile)
-        self._decode = self._compiled_decode() if self.compiled else cached_forward.decode
+        check_fits(cache_bytes(*shape, self.dtype, spare_slot=compiled), self.device, where="max_batch / max_context")
+        self.cache = KVCache(*shape, dtype=self.dtype, device=self.device, spare_slot=compiled)
+        self.decoder = DecodeRunner(model, self.cache, compile=compiled, graphs=graphs)
         self._waiting: deque[Request] = deque()
-        self._running: dict[int, Request] = {}
+        self._running: dict[int, Request] = {}  # slot -> request, prefilling or decoding
+        self._prefilling: list[Request] = []  # in arrival order
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
         self._start_lock = threading.Lock()
+
+    @property
+    def compiled(self) -> bool:
+        """True while decode runs through compiled blocks (False after a fallback to eager)."""
+        return self.decoder.compiled
 
     # --- the public interface -------------------------------------------------------------------
 
@@ -153,8 +166,8 @@ class Engine:
                 try:
                     self._drop_cancelled()
                     self._admit()
-                    if self._running:
-                        self._decode_step()
+                    self._prefill_step()
+                    self._decode_step()
                 except Exception as error:  # a failed step ends the requests in it; the engine keeps serving
                     log.exception("inference step failed")
                     for request in list(self._running.values()):
@@ -175,6 +188,7 @@ class Engine:
             self._waiting = deque(kept)
 
     def _admit(self) -> None:
+        """Waiting requests take free slots; their prompts are prefilled by `_prefill_step`."""
         while True:
             with self._wakeup:
                 if not self._waiting or not self.cache.free_slots:
@@ -182,29 +196,48 @@ class Engine:
                 request = self._waiting.popleft()
             request.slot = self.cache.acquire()
             self._running[request.slot] = request
-            tokens = torch.tensor(request.prompt, device=self.device)
-            logits = cached_forward.prefill(self.model, self.cache, tokens, request.slot)
-            self._take(request, request.choose(logits))
+            self._prefilling.append(request)
+
+    def _prefill_step(self) -> None:
+        """One forward over up to `prefill_chunk` prompt tokens (rows x padded width) of the
+        requests still prefilling, oldest first."""
+        self._prefilling = [r for r in self._prefilling if self._running.get(r.slot) is r]
+        if not self._prefilling:
+            return
+        chosen, width = [], 0
+        for request in self._prefilling:
+            wanted = max(width, min(request.prompt_left, self.prefill_chunk))
+            if chosen and (len(chosen) + 1) * wanted > self.prefill_chunk:
+                break
+            chosen.append(request)
+            width = wanted
+        rows = [r.prompt[r.prefilled:r.prefilled + width] for r in chosen]
+        starts, lengths = [r.prefilled for r in chosen], [len(row) for row in rows]
+        tokens = torch.tensor([row + [0] * (width - len(row)) for row in rows], device=self.device)
+        logits = cached_forward.prefill_batch(self.model, self.cache, tokens, [r.slot for r in chosen], starts, lengths)
+        for index, request in enumerate(chosen):
+            request.prefilled += lengths[index]
+            if not request.prompt_left:
+                self._prefilling.remove(request)
+                self._take(request, request.choose(logits[index]))
 
     def _decode_step(self) -> None:
-        slots = sorted(self._running)
-        batch = slots[-1] + 1
-        positions = [0] * batch
-        tokens = [0] * batch
+        decoding = {slot: r for slot, r in self._running.items() if not r.prompt_left}
+        if not decoding:
+            return
+        slots = sorted(decoding)
+        # Rows of slots that are not decoding (free, or mid-prefill) write their garbage key at the
+        # cache's spare position, past the context: nothing reads it.
+        idle = self.max_context
+        batch, kv_len = self.decoder.shape(slots[-1] + 1, max(decoding[s].position for s in slots) + 1)
+        positions, tokens = [idle] * batch, [0] * batch
         for slot in slots:
-            request = self._running[slot]
+            request = decoding[slot]
             positions[slot], tokens[slot] = request.position, request.generated[-1]
-        kv_len = max(positions) + 1
-        if self.compiled:
-            batch = _bucket(batch, 1, self.max_batch)
-            kv_len = _bucket(kv_len, 128, self.max_context)
-            positions += [0] * (batch - len(positions))
-            tokens += [0] * (batch - len(tokens))
-        logits = self._decode(self.model, self.cache, torch.tensor(tokens, device=self.device),
-                              torch.tensor(positions, device=self.device), kv_len)
+        logits = self.decoder(tokens, positions, kv_len)
         greedy = logits.argmax(dim=-1).tolist()  # one sync for every plain-greedy row
         for slot in slots:
-            request = self._running[slot]
+            request = decoding[slot]
             self._take(request, request.choose(logits[slot]) if request.needs_rows else greedy[slot])
 
     def _take(self, request: Request, token: int) -> None:
@@ -217,31 +250,3 @@ class Engine:
             del self._running[request.slot]
             self.cache.release(request.slot)
         request.slot = None
-
-    def _compiled_decode(self):
-        import torch._dynamo
-
-        # Room for a graph per (batch bucket, length bucket): 7 x 6 for 64 slots and 4,096 positions.
-        for limit in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
-            if hasattr(torch._dynamo.config, limit):
-                setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 256))
-        # The cache is written in place inside the graph: static addresses let CUDA graphs keep it
-        # (as gpt-fast's and transformers' static caches do) instead of skipping capture.
-        torch._dynamo.mark_static_address(self.cache.keys)
-        torch._dynamo.mark_static_address(self.cache.values)
-        # dynamic=None: the first shape compiles static; a second batch or length size recompiles
-        # once with that size symbolic, so a 7B model compiles ~3 times, not once per bucket. CUDA
-        # graphs are still recorded per (bucketed) shape, which is cheap.
-        compiled = torch.compile(cached_forward.decode, mode="reduce-overhead", fullgraph=True, dynamic=None)
-
-        def run(*args):
-            if not self.compiled:
-                return cached_forward.decode(*args)
-            try:
-                return compiled(*args).clone()  # CUDA graph outputs are overwritten by the next replay
-            except Exception:  # a compiler failure must not take serving down: decode eagerly from now on
-                log.exception("compiled decode failed; decoding eagerly from now on")
-                self.compiled = False
-                return cached_forward.decode(*args)  # rewriting this step's cache entries is harmless
-
-        return run

@@ -1,8 +1,13 @@
 """A static, preallocated key/value cache: one row ("slot") per running request.
 
-Shape per layer: [slots, kv_heads, max_context, head_dim] for keys and values. Nothing is
+Shape per layer: [slots, kv_heads, max_context + 1, head_dim] for keys and values. Nothing is
 allocated while serving, so memory is known up front and decode shapes can be captured once
 (CUDA graphs). A request owns one slot from its prefill until it ends or is cancelled.
+
+The extra position (index max_context) is where a decode step writes the rows of slots that are
+not decoding: nothing reads it. `spare_slot` adds one slot that is never handed out, so the
+compiled decode never slices the cache whole along either axis (torch would specialise such a
+slice and compile the full batch and the full length apart from the rest).
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from internlm.errors import ConfigError
 
 class KVCache:
     def __init__(self, num_layers: int, slots: int, kv_heads: int, max_context: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device):
-        shape = (num_layers, slots, kv_heads, max_context, head_dim)
+                 dtype: torch.dtype, device: torch.device, spare_slot: bool = False):
+        shape = (num_layers, slots + int(spare_slot), kv_heads, max_context + 1, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.slots, self.max_context = slots, max_context
@@ -48,8 +53,10 @@ class KVCache:
             return len(self._free)
 
 
-def cache_bytes(num_layers: int, slots: int, kv_heads: int, max_context: int, head_dim: int, dtype: torch.dtype) -> int:
-    return 2 * num_layers * slots * kv_heads * max_context * head_dim * torch.empty((), dtype=dtype).element_size()
+def cache_bytes(num_layers: int, slots: int, kv_heads: int, max_context: int, head_dim: int, dtype: torch.dtype,
+                spare_slot: bool = False) -> int:
+    elements = num_layers * (slots + int(spare_slot)) * kv_heads * (max_context + 1) * head_dim
+    return 2 * elements * torch.empty((), dtype=dtype).element_size()
 
 
 def check_fits(needed: int, device: torch.device, where: str) -> None:

@@ -36,6 +36,7 @@ class Request:
         self.prompt, self.params, self.limit = prompt, params, limit
         self.generated: list[int] = []
         self.slot: int | None = None
+        self.prefilled = 0  # prompt tokens already in the cache (a long prompt is prefilled in chunks)
         self.cancelled = False
         self.finished = False
         self.outbox: queue.Queue = queue.Queue()
@@ -45,6 +46,11 @@ class Request:
         self._pending_ids: list[int] = []
         self._stop_ids = frozenset(params.stop_ids)
         self._longest_stop = max((len(s) for s in params.stop_strings), default=0)
+
+    @property
+    def prompt_left(self) -> int:
+        """Prompt tokens not yet prefilled (0: the request is decoding)."""
+        return len(self.prompt) - self.prefilled
 
     @property
     def position(self) -> int:
