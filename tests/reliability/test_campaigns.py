@@ -27,3 +27,24 @@ def test_kill_9_at_random_moments_then_resume_equals_the_uninterrupted_run_bitwi
     assert result["kills"] == 2
     assert result["bad_exits"] == [] and result["damaged_checkpoints"] == []
     assert result["final_weights_bitwise_equal"]
+
+
+def test_generated_bad_data_files_are_each_refused_with_file_and_line_and_write_nothing():
+    from bench.campaigns import data_fuzz
+
+    results = data_fuzz.campaign(count=40, seed=1, cli=1)
+    assert {r["kind"] for r in results} >= {"binary_file", "bad_utf8", "bad_utf8_text", "huge_line", "truncated_json"}
+    assert [(r["name"], r["problems"]) for r in results if r["problems"]] == []
+
+
+def test_the_data_fuzz_checker_notices_an_accepted_file_and_a_wrong_line(tmp_path):
+    """Guards the campaign: a good file, or a message naming another line, is a failure."""
+    from bench.campaigns import data_fuzz
+
+    tokenizer = data_fuzz.default_tokenizer()
+    good = data_fuzz.Case("good", "good.jsonl", b'{"text": "the king and the queen"}\n' * 40, 1)
+    (tmp_path / "a").mkdir()
+    assert any("accepted" in p for p in data_fuzz.check_in_process(good, tmp_path / "a", tokenizer))
+    wrong_line = data_fuzz.Case("bad_utf8", "bad.jsonl", b'{"text": "a"}\n{"text": "\xff"}\n', 1)
+    (tmp_path / "b").mkdir()
+    assert any("does not name bad.jsonl:1" in p for p in data_fuzz.check_in_process(wrong_line, tmp_path / "b", tokenizer))
