@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import subprocess
 import sys
 import time
 
@@ -71,15 +69,8 @@ def run_ours(tag: str, cache: str, extra: list[str], out_dir: str, cache_root: s
     env = dict(os.environ, PYTHONUNBUFFERED="1", TORCHINDUCTOR_CACHE_DIR=folder, TRITON_CACHE_DIR=os.path.join(folder, "triton"))
     loss_log = os.path.join(out_dir, f"{tag}.json") if tag.startswith("parity") else None
     cmd = [sys.executable, os.path.join(HERE, "fp8_train.py"), "--tag", tag] + extra + (["--loss-log", loss_log] if loss_log else [])
-    log.write(f"\n===== {tag} (cache {'warm' if warm else 'cold'}: {folder}): {shlex.join(cmd)}\n")
-    log.flush()
     start = time.time()
-    try:
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=left - 15)
-        text, status = proc.stdout, f"rc={proc.returncode}"
-    except subprocess.TimeoutExpired as exc:
-        text = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        status = "timeout"
+    text, status = gpu_suite.run_logged(cmd, env, log, left - 15, f"{tag} (cache {'warm' if warm else 'cold'}: {folder})")
     log.write(text)
     log.flush()
     result = {"kind": "ours", "tag": tag, "status": status, "seconds": round(time.time() - start), "cache_warm": warm}

@@ -4,8 +4,8 @@ compact table printed last. Logs go to $OUT (few files: the device tool returns 
 
     python bench/gpu_suite.py PLAN --out "$OUT" --budget 540
 
-PLAN names a list in PLANS below. The peer runs from .peer/torchtitan (a copy of
-shared/peers/torchtitan with extra fewer-layer flavors; git-ignored, carried to the device).
+PLAN names a list in PLANS below. The peer runs from a writable copy of .peer/torchtitan (shared/peers/
+torchtitan, git-ignored, carried to the device) whose launch.py gains the 7B shape cut to 1-16 layers.
 """
 
 from __future__ import annotations
@@ -64,6 +64,81 @@ PLANS: dict[str, list[tuple[str, str, list[str]]]] = {
 }
 
 
+PEER_COPY = "/tmp/torchtitan_peer"  # .peer/torchtitan plus the layer-cut flavors (the carried copy is read-only)
+LAYER_CUT_FLAVORS = """
+import dataclasses as _dc
+for _n in (1, 2, 4, 8, 16):  # the 7B layer shape cut to fewer layers: fits one GPU; 1 layer warms the compile cache
+    llama3_args[f"llama2_7b_l{_n}"] = _dc.replace(llama3_args["llama2_7b"], n_layers=_n)
+"""
+
+
+def peer_dir() -> str:
+    """A writable copy of .peer/torchtitan whose launch.py also knows llama2_7b_l{1,2,4,8,16}."""
+    import shutil
+
+    if not os.path.isdir(PEER_COPY):
+        shutil.copytree(os.path.join(ROOT, ".peer", "torchtitan"), PEER_COPY)
+        launch = os.path.join(PEER_COPY, "launch.py")
+        os.chmod(launch, 0o644)
+        with open(launch) as f:
+            text = f.read()
+        marker = "from torchtitan.train import"
+        if "llama2_7b_l" not in text and marker in text:
+            text = text.replace(marker, LAYER_CUT_FLAVORS + marker, 1)
+        with open(launch, "w") as f:
+            f.write(text)
+        run_sh = os.path.join(PEER_COPY, "run.sh")
+        os.chmod(run_sh, 0o755)
+        with open(run_sh) as f:
+            script = f.read()
+        with open(run_sh, "w") as f:  # torchrun may not be on PATH where torch came as a wheel
+            f.write(script.replace("torchrun --nproc", "python3 -m torch.distributed.run --nproc"))
+    return PEER_COPY
+
+
+def peer_command(tag: str, extra: list[str]) -> tuple[list[str], dict]:
+    """torchtitan on one GPU (`run.sh 1 FLAVOR flags...`) and its environment; its log is /tmp/<tag>.log."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TT_LOG=os.path.join("/tmp", f"{tag}.log"))
+    # The peer's stand-in `datasets` (synthetic text) must win over a real datasets wheel on the
+    # path, which would look for torchtitan's c4_test files (run.sh only appends the stubs).
+    env["PYTHONPATH"] = os.path.join(peer_dir(), "stubs") + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return ["bash", os.path.join(peer_dir(), "run.sh"), "1"] + extra, env
+
+
+def run_logged(cmd: list[str], env: dict, log, timeout: float, tag: str) -> tuple[str, str]:
+    """Run one benchmark process, its output appended to `log`: (output, 'rc=N' or 'timeout')."""
+    log.write(f"\n===== {tag}: {shlex.join(cmd)}\n")
+    log.flush()
+    try:
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+        text, status = proc.stdout, f"rc={proc.returncode}"
+    except subprocess.TimeoutExpired as exc:
+        text = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        status = "timeout"
+    return text, status
+
+
+PEER_SUMMARY = re.compile(r"median TGS ([\d,]+)\s+TFLOP/s/GPU ([\d.]+)\s+MFU ([\d.]+)%\s+max_reserved ([\d.]+)GiB")
+
+
+def peer_result(text: str, env: dict, log) -> dict:
+    """The peer's SUMMARY line parsed; its full log appended to `log`."""
+    if os.path.exists(env["TT_LOG"]):
+        with open(env["TT_LOG"], errors="replace") as f:
+            log.write(f.read()[-200_000:])  # the full torchtitan log, newest part if very long
+    lines = [ln for ln in text.splitlines() if ln.startswith("SUMMARY")]
+    result = {"summary": lines[-1] if lines else text[-600:]}
+    m = PEER_SUMMARY.search(result["summary"])
+    if m:
+        result.update(
+            tokens_per_device_per_s=float(m.group(1).replace(",", "")),
+            tflops=float(m.group(2)),
+            mfu_tt=float(m.group(3)) / 100,
+            peak_reserved_gib=float(m.group(4)),
+        )
+    return result
+
+
 def run_step(kind: str, tag: str, extra: list[str], out_dir: str, deadline: float, log) -> dict:
     left = deadline - time.time()
     if left < 60:
@@ -74,45 +149,23 @@ def run_step(kind: str, tag: str, extra: list[str], out_dir: str, deadline: floa
     elif kind == "ours":
         cmd = [sys.executable, os.path.join(HERE, "train_throughput.py"), "--tag", tag, "--json", os.path.join(out_dir, "results.jsonl")] + extra
     elif kind == "peer":
-        peer = os.path.join(ROOT, ".peer", "torchtitan")
-        env["TT_LOG"] = os.path.join("/tmp", f"{tag}.log")
-        cmd = ["bash", os.path.join(peer, "run.sh"), "1"] + extra
+        cmd, env = peer_command(tag, extra)
     else:
         raise ValueError(kind)
-    log.write(f"\n===== {tag}: {shlex.join(cmd)}\n")
-    log.flush()
     start = time.time()
-    try:
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=left - 20)
-        text, status = proc.stdout, f"rc={proc.returncode}"
-    except subprocess.TimeoutExpired as exc:
-        text, status = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), "timeout"
-    if kind == "peer" and os.path.exists(env["TT_LOG"]):
-        with open(env["TT_LOG"], errors="replace") as f:
-            peer_log = f.read()
-        log.write(peer_log[-200_000:])  # the full torchtitan log, newest part if very long
+    text, status = run_logged(cmd, env, log, left - 20, tag)
+    peer = peer_result(text, env, log) if kind == "peer" else {}
     log.write(text)
     log.flush()
     elapsed = time.time() - start
-    result = {"kind": kind, "tag": tag, "status": status, "seconds": round(elapsed)}
+    result = {"kind": kind, "tag": tag, "status": status, "seconds": round(elapsed), **peer}
     if kind == "ours":
         lines = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
         if lines:
             result.update(json.loads(lines[-1][len("RESULT ") :]))
         else:
             result["tail"] = text[-600:]
-    elif kind == "peer":
-        lines = [ln for ln in text.splitlines() if ln.startswith("SUMMARY")]
-        result["summary"] = lines[-1] if lines else text[-600:]
-        m = re.search(r"median TGS ([\d,]+)\s+TFLOP/s/GPU ([\d.]+)\s+MFU ([\d.]+)%\s+max_reserved ([\d.]+)GiB", result["summary"])
-        if m:
-            result.update(
-                tokens_per_device_per_s=float(m.group(1).replace(",", "")),
-                tflops=float(m.group(2)),
-                mfu_tt=float(m.group(3)) / 100,
-                peak_reserved_gib=float(m.group(4)),
-            )
-    elif status != "rc=0":
+    elif kind != "peer" and status != "rc=0":
         result["tail"] = text[-600:]
     print(f"[{time.strftime('%H:%M:%S')}] {tag}: {status} in {elapsed:.0f} s", flush=True)
     return result

@@ -1,0 +1,192 @@
+"""One device call for issue 16's kernel margin: the README's 16-layer program (`python -m internlm`)
+profiled in bf16 and fp8 tensorwise, beside torchtitan (bf16 and its own float8) at equal settings
+(batch 4 x 4096, no activation checkpointing). (Its first run, 2026-12-02, also timed q/k/v and
+gate/up fused into one matmul each: not faster, so that variant is gone; bench/NOTES.md.)
+
+    python bench/speed_call.py --out "$OUT" --budget 420
+    python bench/speed_call.py --out /tmp/speed --cpu       # smoke test of this driver (tiny model, CPU)
+
+1. Warm-up, all at once: every configuration once at ONE layer for two steps. Every block has the
+   same compiled graph, so this fills inductor's and Triton's caches for the 16-layer runs, and the
+   compiles (CPU work) overlap instead of costing ~70 s each in turn.
+2. Timed, one at a time: each 16-layer run with the warm cache; the program's runs are profiled
+   over steps 11-12 (bench/profile_program.py) and their throughput is the median of the
+   metrics.csv steps outside the warm-up and the profiled window.
+Everything lands in --out (at most 8 files come back from the device): suite.json, logs.txt,
+profile_<tag>.txt and two Chrome traces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import gpu_suite  # noqa: E402  (the peer's command, its summary, and logged subprocess runs)
+
+PROGRAM = [
+    "model=internlm_7b", "data.seq_len=4096", "data.global_batch_size=4", "loss=chunked", "optimizer.lr=1e-4",
+    "trainer.log_every=1", "trainer.val_every=0", "trainer.checkpoint_every=-1", "trainer.sample_tokens=0",
+    "trainer.loggers=[csv]", "trainer.progress_bar=false",
+]
+CPU_PROGRAM = ["trainer.accelerator=cpu", "trainer.log_every=1", "trainer.val_every=0", "trainer.checkpoint_every=-1",
+               "trainer.sample_tokens=0", "trainer.loggers=[csv]", "trainer.progress_bar=false"]
+PEER = ["--activation_checkpoint.mode", "none", "--training.local_batch_size", "4"]
+PEER_FP8 = PEER + ["--model.converters", "quantize.linear.float8", "--quantize.linear.float8.filter_fqns", "output"]
+VARIANTS = {  # tag -> the program's overrides beyond PROGRAM
+    "bf16": [],
+    "fp8": ["model.kernels.matmul=fp8_tensorwise"],
+}
+PROFILE_START, PROFILE_STEPS, STEPS = 11, 2, 14  # steps 11-13 are left out of the throughput (13 ends the profiler)
+TIMED = [  # (kind, tag, what) in order; "repeat" rows run only while the budget lasts
+    ("ours", "bf16", True), ("peer", "peer-bf16", PEER), ("ours", "fp8", True),
+    ("peer", "peer-fp8", PEER_FP8), ("ours", "bf16-2", False), ("ours", "fp8-2", False),
+]
+
+
+def program_cmd(tag: str, layers: int, steps: int, out: str, cpu: bool, profile: bool, trace: bool) -> list[str]:
+    variant = VARIANTS[tag.split("-")[0]]
+    overrides = (CPU_PROGRAM if cpu else PROGRAM + [f"model.num_layers={layers}"]) + variant
+    overrides += [f"trainer.max_steps={steps}", f"hydra.run.dir=/tmp/speed_runs/{tag}-L{layers}"]
+    if not profile:
+        return [sys.executable, "-m", "internlm"] + overrides
+    start = 2 if cpu else PROFILE_START
+    head = [sys.executable, os.path.join(HERE, "profile_program.py"), "--out", out, "--tag", tag, "--start", str(start),
+            "--steps", "1" if cpu else str(PROFILE_STEPS)] + (["--trace"] if trace else [])
+    return head + ["--"] + overrides
+
+
+def throughput(run_dir: str, skip: int, exclude: set[int]) -> dict:
+    """Median tokens/s and MFU from the program's metrics.csv, steps > skip and not in `exclude`."""
+    path = os.path.join(run_dir, "metrics", "metrics.csv")
+    if not os.path.exists(path):
+        return {"error": f"no {path}"}
+    rows = [r for r in csv.DictReader(open(path)) if r.get("perf/tokens_per_device_per_s")]
+    kept = [r for r in rows if int(r["step"]) > skip and int(r["step"]) not in exclude]
+    if not kept:
+        return {"error": "no steps to time"}
+    tps = [float(r["perf/tokens_per_device_per_s"]) for r in kept]
+    med = lambda key: statistics.median(float(r[key]) for r in kept if r.get(key))  # noqa: E731
+    return {
+        "tokens_per_device_per_s": statistics.median(tps),
+        "tps_min_max": [min(tps), max(tps)],
+        "steps_timed": [int(r["step"]) for r in kept],
+        "mfu": med("perf/mfu") if any(r.get("perf/mfu") for r in kept) else None,
+        "peak_memory_gib": max(float(r["perf/peak_memory_gib"]) for r in kept if r.get("perf/peak_memory_gib")),
+        "losses": [round(float(r["train/loss"]), 4) for r in rows],
+    }
+
+
+def first_step_seconds(text: str) -> float | None:
+    for line in text.splitlines():
+        if "first step took" in line:
+            try:
+                return float(line.split("first step took")[1].split("s")[0])
+            except ValueError:
+                return None
+    return None
+
+
+def warm_up(args, log, wanted: set[str]) -> list[dict]:
+    """Every configuration of the timed rows at one layer, two steps, all processes at once."""
+    procs = []
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
+    for tag in VARIANTS:
+        if not any(w.split("-")[0] == tag for w in wanted):
+            continue
+        cmd = program_cmd(tag, 1, 2, args.out, args.cpu, profile=False, trace=False)
+        procs.append((tag, cmd, env))
+    if not args.cpu:
+        for tag, flags in (("peer-bf16", PEER), ("peer-fp8", PEER_FP8)):
+            if tag not in wanted:
+                continue
+            cmd, penv = gpu_suite.peer_command(f"warm-{tag}", ["llama2_7b_l1"] + flags)
+            procs.append((tag, cmd, dict(penv, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")))
+    started = []
+    for tag, cmd, penv in procs:
+        handle = open(f"/tmp/speed_warm_{tag}.log", "w")
+        started.append((tag, cmd, subprocess.Popen(cmd, env=penv, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT), time.time(), handle))
+    results = []
+    for tag, cmd, proc, t0, handle in started:
+        try:
+            rc = proc.wait(timeout=max(10.0, args.warm_timeout - (time.time() - t0)))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = "timeout"
+        handle.close()
+        text = open(f"/tmp/speed_warm_{tag}.log", errors="replace").read()
+        log.write(f"\n===== warm-up {tag}: {shlex.join(cmd)}\n{text[-6000:]}\n")
+        results.append({"kind": "warm", "tag": tag, "status": f"rc={rc}", "seconds": round(time.time() - t0)})
+        print(f"[{time.strftime('%H:%M:%S')}] warm-up {tag}: rc={rc} after {time.time() - t0:.0f} s", flush=True)
+    return results
+
+
+def timed(args, log, deadline: float) -> list[dict]:
+    results = []
+    for kind, tag, what in TIMED:
+        left = deadline - time.time()
+        need = 150 if kind == "peer" else 90
+        if left < need:
+            results.append({"kind": kind, "tag": tag, "status": f"skipped: {left:.0f} s of budget left"})
+            continue
+        t0 = time.time()
+        if kind == "ours":
+            profile = tag in VARIANTS  # the first run of each variant is profiled
+            cmd = program_cmd(tag, 16, 4 if args.cpu else STEPS, args.out, args.cpu, profile, trace=bool(what) and profile)
+            text, status = gpu_suite.run_logged(cmd, dict(os.environ, PYTHONUNBUFFERED="1"), log, min(left - 10, 200), tag)
+            log.write(text[-20000:])
+            exclude = set(range(PROFILE_START, PROFILE_START + PROFILE_STEPS + 1)) if profile else set()
+            result = {"kind": kind, "tag": tag, "status": status, "profiled": profile, "first_step_s": first_step_seconds(text)}
+            result |= throughput(f"/tmp/speed_runs/{tag}-L16", 0 if args.cpu else 4, exclude)
+        else:
+            cmd, env = gpu_suite.peer_command(tag, ["llama2_7b_l16"] + what)
+            text, status = gpu_suite.run_logged(cmd, env, log, min(left - 10, 240), tag)
+            result = {"kind": kind, "tag": tag, "status": status} | gpu_suite.peer_result(text, env, log)
+            log.write(text[-4000:])
+        log.flush()
+        result["seconds"] = round(time.time() - t0)
+        results.append(result)
+        print(f"[{time.strftime('%H:%M:%S')}] {tag}: {status} in {result['seconds']} s: "
+              f"{result.get('tokens_per_device_per_s', result.get('summary', result.get('error')))}", flush=True)
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default=os.environ.get("OUT", "/tmp/speed_out"))
+    p.add_argument("--budget", type=float, default=420, help="seconds for everything")
+    p.add_argument("--warm-timeout", type=float, default=170)
+    p.add_argument("--cpu", action="store_true", help="smoke test: the tiny default model on the CPU, no peer")
+    p.add_argument("--only", default=None, help="comma-separated tags of the timed rows to run (e.g. peer-bf16,peer-fp8)")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    deadline = time.time() + args.budget
+    global TIMED
+    if args.cpu:
+        TIMED = [row for row in TIMED if row[0] == "ours" and row[1] == "bf16"]
+    if args.only:
+        TIMED = [row for row in TIMED if row[1] in args.only.split(",")]
+    with open(os.path.join(args.out, "logs.txt"), "a") as log:
+        results = warm_up(args, log, {row[1] for row in TIMED})
+        results += timed(args, log, deadline)
+    with open(os.path.join(args.out, "suite.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print("\n===== issue 16 speed call")
+    for r in results:
+        keep = {k: v for k, v in r.items() if k not in ("losses",)}
+        print(json.dumps(keep))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
