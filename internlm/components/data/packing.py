@@ -36,15 +36,22 @@ class Rows:
     position_ids: np.ndarray
 
     def to_batch(self) -> Batch:
-        position_ids = torch.from_numpy(self.position_ids)
-        cu_seqlens, max_seqlen = cu_seqlens_from_positions(position_ids)
-        return Batch(
-            input_ids=torch.from_numpy(self.input_ids),
-            labels=torch.from_numpy(self.labels),
-            position_ids=position_ids,
-            cu_seqlens=cu_seqlens,
-            max_seqlen=max_seqlen,
-        )
+        return packed_batch(self.input_ids, self.labels, self.position_ids)
+
+
+def packed_batch(input_ids: np.ndarray, labels: np.ndarray, position_ids: np.ndarray, **extra: torch.Tensor) -> Batch:
+    """A `Batch` of packed rows: the document boundaries (cu_seqlens) follow from where the
+    positions restart. `extra`: further Batch fields (a preference batch's pair layout)."""
+    positions = torch.from_numpy(position_ids)
+    cu_seqlens, max_seqlen = cu_seqlens_from_positions(positions)
+    return Batch(
+        input_ids=torch.from_numpy(input_ids),
+        labels=torch.from_numpy(labels),
+        position_ids=positions,
+        cu_seqlens=cu_seqlens,
+        max_seqlen=max_seqlen,
+        **extra,
+    )
 
 
 class RowSet(Protocol):

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from internlm.batch import IGNORE_INDEX, Batch, cu_seqlens_from_positions
+from internlm.batch import IGNORE_INDEX, Batch
 from internlm.components.data.base import DataConfig
 from internlm.components.data.chat import encode_messages, iter_chats
 from internlm.components.data.documents import BadDocument, DocumentPolicy, field_of, parse_record, resolve_files
+from internlm.components.data.packing import packed_batch
 from internlm.components.data.sampler import RowSetSource
 from internlm.errors import ConfigError
 from internlm.registry import register
@@ -132,15 +133,11 @@ class PairRowsBatch:
         for row, keys in enumerate(self.row_pair_keys):
             pair[row][pair[row] >= 0] += offset
             offset += len(keys)
-        position_ids = torch.from_numpy(self.position_ids)
-        cu_seqlens, max_seqlen = cu_seqlens_from_positions(position_ids)
         keys = np.concatenate(self.row_pair_keys) if self.row_pair_keys else np.zeros(0, dtype=np.int64)
-        return Batch(
-            input_ids=torch.from_numpy(self.input_ids),
-            labels=torch.from_numpy(self.labels),
-            position_ids=position_ids,
-            cu_seqlens=cu_seqlens,
-            max_seqlen=max_seqlen,
+        return packed_batch(
+            self.input_ids,
+            self.labels,
+            self.position_ids,
             sequence_pair=torch.from_numpy(pair),
             sequence_chosen=torch.from_numpy(self.sequence_chosen),
             pair_keys=torch.from_numpy(keys.astype(np.int64)),
