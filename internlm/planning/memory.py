@@ -1,7 +1,9 @@
 """A per-device memory estimate, printed by `task=plan` before anything is allocated.
 
-Rules of thumb, not a promise: weights, gradients and AdamW states scale with the parameters
-each device holds (sharded over the ZeRO group and the tensor-parallel ranks); activations
+Rules of thumb, not a promise: weights scale with the parameters each device holds (sharded over
+the ZeRO group and the tensor-parallel ranks), gradients and AdamW states with the trainable ones
+among them (all of them, or a LoRA's adapters over a frozen base); a frozen DPO reference is a
+second copy of the weights; activations
 follow Korthikanti et al. 2022 (~34 bytes x seq x batch x hidden per layer in 16-bit with a fused
 attention kernel), and a full recompute keeps only each block's input.
 """
@@ -24,13 +26,20 @@ def estimate_per_device(
     full_logits: bool = True,
     attention_backend: str = "flex",
     matmul: str = "bf16",
+    trainable: int | None = None,
+    reference_copies: int = 0,
 ) -> dict[str, float]:
     """`full_logits`: the loss materialises fp32 logits for the whole micro batch (the plain
     cross-entropy); fused losses hold one chunk, counted as 2048 tokens. `attention_backend`
     eager or sdpa materialise the [B, heads, S, S] scores (eager: fp32 scores and probabilities
     kept for backward; sdpa: its dense boolean mask and the math kernel's probabilities).
-    `matmul` fp8_*: activations saved in fp8 (measured on an H200: x0.45)."""
-    held = parameters / (layout.shard * layout.tensor)
+    `matmul` fp8_*: activations saved in fp8 (measured on an H200: x0.45). `trainable`: the
+    parameters that get gradients and optimizer states (default: all). `reference_copies`: frozen
+    copies of the model beside it (task.reference=frozen: 1), weights only. A frozen base keeps as
+    many activations as a trained one: its LoRA branches and input gradients need them."""
+    shards = layout.shard * layout.tensor
+    held = parameters / shards
+    trained = (parameters if trainable is None else trainable) / shards
     weight_bytes = 2 if precision == "bf16-true" else 4  # mixed precision keeps fp32 master weights
     tokens = micro_batch * seq_len
     act_bytes = 4 if precision == "32-true" else 2
@@ -52,9 +61,10 @@ def estimate_per_device(
     logits = 4 * logit_tokens * model_cfg.vocab_size / layout.tensor
     parts = {
         "weights": held * weight_bytes,
-        "gradients": held * weight_bytes,
+        "gradients": trained * weight_bytes,
         # AdamW's two moments, in the parameters' dtype (torch's AdamW and adamw_bf16 alike)
-        "optimizer_states": held * 2 * weight_bytes,
+        "optimizer_states": trained * 2 * weight_bytes,
+        "reference": reference_copies * held * weight_bytes,
         "activations": activations,
         "attention_scores": attention_scores,
         "logits": logits,

@@ -39,6 +39,7 @@ class Plan:
     accelerator: str
     precision: str
     attention_backend: str  # what model.attention.backend=auto resolved to on this machine
+    trainable_parameters: int | None = None  # those that train (fewer than `parameters` under a LoRA)
     # The training plan (None for tasks that do not train: generate, export, serve, eval, ...)
     micro_batch_size: int | None = None
     grad_accumulation: int | None = None
@@ -176,10 +177,15 @@ def derive_batches(data_cfg, dp_size: int) -> tuple[int, int]:
     return micro, per_rank // micro
 
 
-def count_parameters(model_cfg) -> int:
+def count_parameters(model_cfg, adapter_cfg=None) -> tuple[int, int]:
+    """(all parameters, trainable ones) of the model with its adapter applied, built on the meta
+    device; a LoRA target that matches no module is refused here, before anything runs."""
     with torch.device("meta"):
         model = registry.build(model_cfg)
-    return model.num_parameters()
+        if adapter_cfg is not None:
+            registry.build(adapter_cfg).apply(model)
+    total = sum(p.numel() for p in model.parameters())
+    return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def advisories(cfg: RootConfig, parameters: int) -> list[str]:
@@ -212,10 +218,12 @@ def compile_plan(cfg: RootConfig, facts: Facts, strategy, scheduler=None, trains
     check_tokenizer_fits(facts.tokenizer_vocab, cfg.model)
     available = facts.attention.get(accelerator, {})
     backend = attention_backends.choose(cfg.model.attention.backend, accelerator, available)
+    parameters, trainable = count_parameters(cfg.model, getattr(cfg, "adapter", None))
     plan = Plan(
         world_size=world_size,
         layout=layout,
-        parameters=count_parameters(cfg.model),
+        parameters=parameters,
+        trainable_parameters=trainable,
         accelerator=accelerator,
         precision=precision,
         attention_backend=backend,
@@ -266,6 +274,8 @@ def add_training_plan(plan: Plan, cfg: RootConfig, scheduler) -> None:
         full_logits=registry.component_of(cfg.loss).name == "cross_entropy",
         attention_backend=plan.attention_backend,
         matmul=cfg.model.kernels.matmul,
+        trainable=plan.trainable_parameters,
+        reference_copies=1 if getattr(cfg.task, "reference", None) == "frozen" else 0,
     )
 
 

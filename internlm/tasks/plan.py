@@ -10,13 +10,22 @@ from internlm.tasks.base import RunContext, Task
 
 @dataclass
 class PlanConfig:
-    pass
+    # The DPO reference the memory estimate counts (frozen: a second model). The DPO experiments
+    # set task.reference, so `task=plan +experiment=internlm_7b_dpo_1gpu` plans that run as it is.
+    reference: str | None = None
+
+
+def trained_note(plan) -> str:
+    trainable = plan.trainable_parameters
+    if trainable is None or trainable == plan.parameters:
+        return ""
+    return f" ({trainable:,} trainable, {100 * trainable / plan.parameters:.2f}%)"
 
 
 def describe(plan) -> str:
     layout = plan.layout
     rows = [
-        ("parameters", f"{plan.parameters:,}"),
+        ("parameters", f"{plan.parameters:,}" + trained_note(plan)),
         ("FLOPs per token (train)", f"{plan.flops_per_token / 1e9:,.2f} GFLOP"),
         ("devices", f"{plan.world_size} ({plan.accelerator}, {plan.precision})"),
         ("attention kernel", plan.attention_backend),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from internlm.api import compose
+from internlm.api import compose, run
 from internlm import registry
 from internlm.errors import ConfigError
 from internlm.planning import Facts, compile_plan, to_typed
@@ -143,3 +145,46 @@ def test_memory_counts_bf16_states_and_dense_attention_scores_and_refuses_what_c
         plan_for("data.seq_len=4096", "data.global_batch_size=32", facts=cpu)
     assert "attention_scores 64.0" in info.value.render() and "23.0 GiB" in info.value.render()
     assert plan_for(facts=cpu).memory_per_device_gib["total"] < 1  # the default run fits
+
+
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[2] / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_file_plans_as_task_plan(experiment, tmp_path):
+    # `python -m internlm task=plan +experiment=<name>`: the program as the command line runs it
+    text = run(["task=plan", f"+experiment={experiment}"], run_dir=tmp_path)
+    assert "memory per device (GiB)" in text and (tmp_path / "plan.yaml").exists()
+    if "lora" in experiment:
+        assert "trainable" in text
+
+
+H200 = Facts(cuda_available=True, capability=(9, 0), attention={"cuda": {}}, device_memory_gib={"cuda": 139.8})
+P_7B = 7_321_948_160
+# LoRA r16 on the 7 projections of 32 layers: r x (in + out) per linear, h 4096, ffn 11008
+LORA_7B = 32 * 16 * (4 * (4096 + 4096) + 3 * (4096 + 11008))
+
+
+def test_memory_counts_trainable_parameters_and_a_frozen_reference():
+    full = ["model=internlm_7b", "data.seq_len=2048", "data.global_batch_size=2", "data.micro_batch_size=1", "loss=chunked"]
+    bf16 = [*full, "trainer.precision=bf16-true", "optimizer=adamw_bf16", "trainer.activation_checkpointing=full"]
+    gib = lambda n: round(n / 1024**3, 3)
+    sft = plan_for(*bf16, facts=H200).memory_per_device_gib
+    assert (sft["weights"], sft["gradients"], sft["optimizer_states"], sft["reference"]) == (gib(2 * P_7B), gib(2 * P_7B), gib(4 * P_7B), 0)
+    lora = plan_for(*full, "trainer.precision=bf16-true", "adapter=lora", "adapter.targets=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
+                    facts=H200)
+    assert lora.trainable_parameters == LORA_7B and lora.parameters == P_7B + LORA_7B
+    m = lora.memory_per_device_gib
+    assert (m["weights"], m["gradients"], m["optimizer_states"]) == (gib(2 * (P_7B + LORA_7B)), gib(2 * LORA_7B), gib(4 * LORA_7B))
+    frozen = plan_for("task=dpo", "task.reference=frozen", "objective=dpo", "data=preference", *bf16, facts=H200).memory_per_device_gib
+    assert frozen["reference"] == gib(2 * P_7B) and frozen["total"] == pytest.approx(sft["total"] + gib(2 * P_7B), abs=2e-3)
+    # task=plan carries an experiment's task.reference into the same estimate
+    planned = plan_for("task=plan", "task.reference=frozen", *bf16, facts=H200).memory_per_device_gib
+    assert planned == frozen
+
+
+def test_a_lora_target_that_matches_nothing_is_refused_at_compile():
+    with pytest.raises(ConfigError) as info:
+        plan_for("adapter=lora", "adapter.targets=[q_proj,qkv]")
+    message = info.value.render()
+    assert "'qkv' matches no linear module" in message and "adapter.targets" in message and "q_proj" in message
