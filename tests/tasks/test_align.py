@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 
+import internlm
 from internlm.api import run
 from internlm.config import RootConfig
 from internlm.errors import ConfigError
@@ -55,16 +56,34 @@ def last_row(run_dir):
     return {k: float(v) for k, v in rows[-1].items() if v}
 
 
+def greedy_answers(run_dir, prompts, max_new_tokens=24):
+    """(answer, stopped at <eoa>) per prompt, greedy, through the inference engine."""
+    model, tokenizer = internlm.load(run_dir)
+    out = []
+    for prompt in prompts:
+        answer, _ = model.chat(tokenizer, prompt, do_sample=False, max_new_tokens=max_new_tokens)
+        out.append((answer, len(tokenizer.encode(answer)) < max_new_tokens))
+    return out
+
+
 def test_sft_then_dpo_learns_the_rule_on_held_out_pairs(data, tmp_path):
     sft_dir = tmp_path / "sft"
-    sft = run(["+experiment=tiny_sft", f"data.paths=[{data / 'chats.jsonl'}]", *FAST, "trainer.max_steps=12", "optimizer.lr=3e-3"], sft_dir)
+    sft = run(["+experiment=tiny_sft", f"data.paths=[{data / 'chats.jsonl'}]", *FAST, "trainer.max_steps=40", "optimizer.lr=3e-3"], sft_dir)
     assert sft["losses"][-1] < sft["losses"][0] - 1.0
+    prompts = [json.loads(line)["prompt"] for line in (data / "held_out.jsonl").read_text().splitlines()[:8]]
+    # SFT answers in the template: words of the chats, then <eoa>; none follows the rule yet
+    before = greedy_answers(sft_dir, prompts)
+    assert all(stopped for _, stopped in before) and not any(a.endswith(RULE.strip()) for a, _ in before)
+    assert sum(bool(a) and set(a.split()) <= set(WORDS) for a, _ in before) >= 6
     dpo_dir = tmp_path / "dpo"
-    run(dpo(data, f"model.init_from=run:{sft_dir}", f"data.val_paths=[{data / 'held_out.jsonl'}]",
-            "trainer.max_steps=6", "trainer.val_every=6", "trainer.val_batches=8"), dpo_dir)
+    # RPO (DPO + the chosen answer's NLL): plain DPO on this rule learns it by pushing <eoa> down
+    # everywhere, and its greedy answers stop ending at all
+    run(dpo(data, f"model.init_from=run:{sft_dir}", f"data.val_paths=[{data / 'held_out.jsonl'}]", "objective.sft_weight=1.0",
+            "optimizer.lr=1e-3", "trainer.max_steps=30", "trainer.val_every=30", "trainer.val_batches=8"), dpo_dir)
     final = last_row(dpo_dir)
-    assert final["val/rewards/accuracies"] >= 0.9
-    assert final["val/rewards/margins"] > 0 and final["train/loss"] < 0.6931  # below ln 2, the loss at the reference
+    assert final["val/rewards/accuracies"] >= 0.9 and final["val/rewards/margins"] > 0
+    after = greedy_answers(dpo_dir, prompts)  # held-out prompts, greedy: the answers end with the phrase
+    assert sum(stopped and a.endswith(RULE.strip()) for a, stopped in after) >= 6, after
 
 
 def test_precomputed_and_frozen_references_give_the_same_losses(data, tmp_path):
