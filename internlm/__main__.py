@@ -56,7 +56,9 @@ def hydra_entry(cfg: DictConfig) -> None:
     try:
         run_program(cfg, run_dir)
     except ConfigError as exc:
-        if fresh:  # a refused run leaves no folder behind (an earlier run's folder is left as it was)
+        # A refused run leaves no folder behind; a run that stopped after writing checkpoints or
+        # metrics keeps them (an earlier run's folder is left as it was).
+        if fresh and run_dir.is_dir() and set(os.listdir(run_dir)) <= HYDRA_FILES | {"plan.yaml"}:
             shutil.rmtree(run_dir, ignore_errors=True)
         print(exc.render(), file=sys.stderr)
         sys.exit(2)

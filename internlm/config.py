@@ -54,6 +54,7 @@ class DebugConfig:
 
     inject_nan_steps: list[int] = field(default_factory=list)  # steps (1-based, as logged) whose loss and gradients become NaN
     fail_checkpoint_at_step: int | None = None  # an I/O error while writing this step's checkpoint
+    fail_checkpoint_rank: int | None = None  # only this global rank hits that error; null = every rank
     slow_checkpoint_s: float = 0.0  # sleep this long inside every checkpoint write (widens the window for kill tests)
 
 

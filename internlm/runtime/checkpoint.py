@@ -274,36 +274,63 @@ def save(
     root = checkpoint_root(run_dir)
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".{final.name}.partial"
+    if fabric.is_global_zero:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    fabric.barrier()
+    failure: BaseException | None = None
     try:
-        if fabric.is_global_zero:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        fabric.barrier()
         tensors, extras = split_state(state)
         if fabric.is_global_zero:
             torch.save(extras | {RNG_KEY: rng_state()}, tmp / EXTRAS)
             (tmp / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))
-        faults.during_checkpoint_write(config, step)
-        commit = functools.partial(_commit, tmp, final, run_dir, step, components, keep) if fabric.is_global_zero else None
-        import torch.distributed.checkpoint as dcp
+        faults.during_checkpoint_write(config, step, fabric.global_rank)
+    except OSError as exc:
+        failure = exc
+    # Every rank learns whether any rank failed before the collective DCP write starts: a rank that
+    # stopped alone would leave the others waiting in it.
+    failed_ranks = _ranks_that_failed(failure is not None)
+    if failed_ranks:
+        _write_failed(tmp, step, run_dir, failure or OSError(f"rank {failed_ranks[0]} could not write its part"))
+    commit = functools.partial(_commit, tmp, final, run_dir, step, components, keep) if fabric.is_global_zero else None
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
+    try:
         if async_save:
             future = dcp.async_save(tensors, checkpoint_id=tmp / STATE, process_group=_async_process_group(), no_dist=not _distributed())
             _PENDING.append(_PendingSave(future, commit, tmp, step))
             return final
         with _single_process_quiet():
-            dcp.save(tensors, checkpoint_id=tmp / STATE, no_dist=not _distributed())  # returns once every rank's shards and the metadata are written
-        if commit is not None:
-            commit()
-    except OSError as exc:
+            # returns once every rank's shards and the metadata are written; a rank's failure
+            # reaches every rank (DCP gathers the results), so all ranks stop here together
+            dcp.save(tensors, checkpoint_id=tmp / STATE, no_dist=not _distributed())
+    except (OSError, CheckpointException) as exc:
         _write_failed(tmp, step, run_dir, exc)
+    if commit is not None:
+        commit()
     fabric.barrier()
     return final
 
 
+def _ranks_that_failed(failed: bool) -> list[int]:
+    """The global ranks (in order) whose part of a checkpoint write failed; every rank gets the
+    same list. On the side gloo group (CPU tensors, whatever the training backend)."""
+    if not _distributed():
+        return [0] if failed else []
+    import torch.distributed as dist
+
+    flags = torch.zeros(dist.get_world_size(), dtype=torch.int32)
+    flags[dist.get_rank()] = int(failed)
+    dist.all_reduce(flags, group=_async_process_group())
+    return [rank for rank, flag in enumerate(flags.tolist()) if flag]
+
+
 def _write_failed(tmp: Path, step: int, run_dir: Path, exc: BaseException) -> None:
-    """Drop the partial folder (the previous checkpoints are untouched) and stop with one message."""
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Drop the partial folder (the previous checkpoints are untouched) and stop with one message.
+    Every rank stops (they agreed on the failure); rank 0 removes the folder."""
+    if not _distributed() or _global_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
     previous = complete_checkpoints(run_dir)
     kept = f"the newest checkpoint, {previous[-1]}, is intact" if previous else "no earlier checkpoint exists"
     raise ConfigError(
@@ -356,6 +383,12 @@ _PENDING: list[_PendingSave] = []
 _ASYNC_GROUP: list[Any] = []
 
 
+def _global_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank()
+
+
 def _distributed() -> bool:
     import torch.distributed as dist
 
@@ -379,14 +412,16 @@ def wait_for_pending() -> None:
     before exiting."""
     while _PENDING:
         pending = _PENDING.pop()
+        failure: BaseException | None = None
         try:
             pending.future.result()
-        except OSError as exc:
-            _write_failed(pending.tmp, pending.step, pending.tmp.parent.parent, exc)
-        if _distributed():  # this rank's write ended; commit only once every rank's has
-            import torch.distributed as dist
-
-            dist.barrier(group=_async_process_group())
+        except Exception as exc:  # OSError, or DCP's CheckpointException wrapping one
+            failure = exc
+        # This rank's write ended; commit only once every rank's has, and only if none failed.
+        failed_ranks = _ranks_that_failed(failure is not None)
+        if failed_ranks:
+            run_dir = pending.tmp.parent.parent
+            _write_failed(pending.tmp, pending.step, run_dir, failure or OSError(f"rank {failed_ranks[0]} could not write its part"))
         if pending.commit is not None:
             pending.commit()
 
