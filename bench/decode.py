@@ -3,8 +3,8 @@
     python bench/decode.py                 # internlm_7b shape, bf16, random weights, one CUDA GPU
     python bench/decode.py --smoke         # a tiny model on the CPU: checks the script end to end
 
-Measures, for our engine in three modes (CUDA graphs over compiled blocks, the default on CUDA;
-CUDA graphs over eager kernels; plain eager) and for transformers' LlamaForCausalLM
+Measures, for our engine in its modes (CUDA graphs over compiled blocks with fused q/k/v and
+gate/up weights, the default on CUDA; the same unfused; CUDA graphs over eager kernels; plain eager) and for transformers' LlamaForCausalLM
 (attention_bias=True, the export's architecture; dynamic cache, and its static cache with
 generate's own compile if there is time left): decode tokens/s at batch 1, 8, 32, 64 (all
 sequences decoding together; prefill excluded) and the time to first token of a 1,024-token
@@ -314,8 +314,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=None, help="tokens decoded per sequence (default 128)")
     parser.add_argument("--prompt-len", type=int, default=16, help="prompt length of the decode runs")
     parser.add_argument("--ttft-len", type=int, default=1024, help="prompt length of the time-to-first-token run")
-    parser.add_argument("--modes", default="graphs+compile,graphs,eager",
-                        help="engine modes to run, in order: graphs+compile, graphs, compile, eager")
+    parser.add_argument("--modes", default="fused,graphs+compile,graphs,eager",
+                        help="engine modes to run, in order: fused (graphs + compiled blocks + fused projections, "
+                             "the default on CUDA), graphs+compile, graphs, compile, eager")
     parser.add_argument("--eager-batches", default="1,64", help="batches of the plain eager mode (slow on a 7B)")
     parser.add_argument("--hf", default="dynamic,static", help="transformers modes: dynamic, static ('' = none)")
     parser.add_argument("--hf-batches", default="1,64", help="batches of transformers' runs")
@@ -367,9 +368,10 @@ def main() -> None:
     record()
     tokenizer = WrappingTokenizer()
     serving_engine = None
-    flags = {"graphs+compile": (True, True), "graphs": (False, True), "compile": (True, False), "eager": (False, False)}
+    flags = {"fused": (True, True, True), "graphs+compile": (True, True, False), "graphs": (False, True, False),
+             "compile": (True, False, False), "eager": (False, False, False)}
     for mode in [m for m in args.modes.split(",") if m]:
-        compile_, graphs = flags[mode]
+        compile_, graphs, fuse = flags[mode]
         if device.type == "cpu":
             if graphs:
                 continue
@@ -378,7 +380,7 @@ def main() -> None:
         mode_batches = [b for b in mode_batches if b in batches] or mode_batches
         with Phase(name):
             engine = Engine(model, tokenizer, model_id="bench", max_context=max_context, max_batch=max(batches),
-                            compile=compile_, cuda_graphs=graphs)
+                            compile=compile_, cuda_graphs=graphs, fuse_projections=fuse)
             try:
                 results[name] = bench_engine(engine, mode_batches, new_tokens, args.prompt_len, ttft_len, device,
                                              record)

@@ -117,9 +117,10 @@ def prefill(model, cache: KVCache, tokens: torch.Tensor, slot: int) -> torch.Ten
     return prefill_batch(model, cache, tokens[None], [slot], [0], [tokens.shape[0]])[0]
 
 
-def decode_layer(block, x, rope, keys, values, rows, positions, mask):
+def decode_layer(block, x, rope, keys, values, rows, positions, mask, fused=None):
     """One block of a decode step: x [B, 1, hidden] for slots 0..B-1; keys/values: this layer's
-    cache [slots, Hkv, max_context, D]; mask [B, 1, 1, kv_len]. Writes the new keys and values."""
+    cache [slots, Hkv, max_context, D]; mask [B, 1, 1, kv_len]. Writes the new keys and values.
+    `fused` (fused_weights.FusedBlock): q/k/v and gate/up each as one matmul, the same math."""
     kv_len = mask.shape[-1]
     batch = x.shape[0]
 
@@ -129,13 +130,24 @@ def decode_layer(block, x, rope, keys, values, rows, positions, mask):
         return _attend(q.transpose(1, 2), keys[:batch, :, :kv_len], values[:batch, :, :kv_len], mask, attn.scale,
                        attn.num_heads != attn.num_kv_heads)
 
-    return _block(block, x, rope, run)
+    if fused is None:
+        return _block(block, x, rope, run)
+    attn, (qkv_weight, qkv_bias, gate_up_weight, gate_up_bias) = block.self_attn, fused
+    q_size, kv_size = attn.num_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim
+    q, k, v = F.linear(block.input_layernorm(x), qkv_weight, qkv_bias).split((q_size, kv_size, kv_size), dim=-1)
+    q = q.view(batch, 1, attn.num_heads, attn.head_dim)
+    k = k.view(batch, 1, attn.num_kv_heads, attn.head_dim)
+    q, k = _rotate(attn, q, k, rope)
+    out = run(attn, q, k, v.view(batch, 1, attn.num_kv_heads, attn.head_dim))
+    x = x + attn.o_proj(out.transpose(1, 2).reshape(batch, 1, attn.num_heads * attn.head_dim))
+    gate, up = F.linear(block.post_attention_layernorm(x), gate_up_weight, gate_up_bias).chunk(2, dim=-1)
+    return x + block.mlp.down_proj(F.silu(gate) * up)  # SwiGLU.forward, its two input matmuls as one
 
 
 def decode(model, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int,
-           layer_fn=decode_layer) -> torch.Tensor:
+           layer_fn=decode_layer, fused=None) -> torch.Tensor:
     """Logits [B, vocab] for one token per slot 0..B-1 (tokens, positions: [B] int64). `layer_fn`
-    runs each block (decode_layer, or a compiled copy of it)."""
+    runs each block (decode_layer, or a compiled copy of it); `fused`: a FusedBlock per layer."""
     batch = tokens.shape[0]
     x = model.embed_tokens(tokens[:, None])
     rope = model.rotary.cos_sin(positions[:, None], x.dtype)
@@ -143,5 +155,6 @@ def decode(model, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor,
     # True where a slot may attend: its own earlier tokens and the new one.
     mask = (torch.arange(kv_len, device=tokens.device)[None, :] <= positions[:, None])[:, None, None, :]
     for layer, block in enumerate(model.layers.values()):
-        x = layer_fn(block, x, rope, cache.keys[layer], cache.values[layer], rows, positions, mask)
+        x = layer_fn(block, x, rope, cache.keys[layer], cache.values[layer], rows, positions, mask,
+                     None if fused is None else fused[layer])
     return model.lm_head(model.norm(x))[:, 0]

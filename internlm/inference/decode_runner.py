@@ -7,6 +7,7 @@ gpt-fast's recipe, arranged so that a 7B model compiles in seconds rather than m
   one graph for all of them (the parameters are inputs): the cost is one block, not 32. The batch
   and the attended length are marked dynamic, so there are two compiles in all (batch 1, and any
   batch >= 2), not one per shape.
+* **Fused projections** (`fuse`): q/k/v and gate/up each read as one weight (fused_weights.py).
 * **CUDA graphs** (`graphs`, CUDA only): the whole step (embedding, every block, head) is captured
   once per (batch bucket, length bucket) into a `torch.cuda.CUDAGraph` and replayed: one launch
   instead of ~1,000, which is what makes batch-1 decode bandwidth-bound instead of host-bound.
@@ -24,6 +25,7 @@ import logging
 import torch
 
 from internlm.inference import cached_forward
+from internlm.inference.fused_weights import fuse_blocks
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,9 @@ def bucket(n: int, smallest: int, largest: int) -> int:
 
 
 class DecodeRunner:
-    def __init__(self, model, cache, compile: bool, graphs: bool):
+    def __init__(self, model, cache, compile: bool, graphs: bool, fuse: bool = False):
         self.model, self.cache = model, cache
+        self._fused = fuse_blocks(model) if fuse else None
         self.device = cache.keys.device
         if graphs and self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
@@ -75,13 +78,14 @@ class DecodeRunner:
         except Exception:  # a compiler or capture failure must not take serving down
             log.exception("compiled/graphed decode failed; decoding eagerly from now on")
             self.compiled = self.graphs = False
-            self._layer = cached_forward.decode_layer
+            self._layer, self._fused = cached_forward.decode_layer, None
             self._captured.clear()
             return self._step(*args)  # rewriting this step's cache entries is harmless
 
     def _step(self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor:
         with cached_forward.attention_kernels(self.device):  # read when compiling, too
-            return cached_forward.decode(self.model, self.cache, tokens, positions, kv_len, layer_fn=self._layer)
+            return cached_forward.decode(self.model, self.cache, tokens, positions, kv_len, layer_fn=self._layer,
+                                         fused=self._fused)
 
     def _graph(self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int):
         key = (tokens.shape[0], kv_len)
@@ -103,7 +107,7 @@ class DecodeRunner:
     def _compile_layer(self):
         compiled = torch.compile(cached_forward.decode_layer, fullgraph=True, dynamic=None)
 
-        def layer(block, x, rope, keys, values, rows, positions, mask):
+        def layer(block, x, rope, keys, values, rows, positions, mask, fused=None):
             # Mark the shapes that vary as dynamic up front: one compile for batch >= 2 (and one for
             # batch 1, which torch always specialises), whatever the attended length.
             mark = torch._dynamo.maybe_mark_dynamic
@@ -111,6 +115,6 @@ class DecodeRunner:
             if x.shape[0] > 1:
                 for tensor in (x, *rope, rows, positions, mask):
                     mark(tensor, 0)
-            return compiled(block, x, rope, keys, values, rows, positions, mask)
+            return compiled(block, x, rope, keys, values, rows, positions, mask, fused)
 
         return layer

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class Engine:
     def __init__(self, model: torch.nn.Module, tokenizer, model_id: str, max_context: int | None = None,
                  max_batch: int = 16, compile: bool | str = "auto", cuda_graphs: bool | str = "auto",
-                 prefill_chunk: int = 1024):
+                 prefill_chunk: int = 1024, fuse_projections: bool | str = "auto"):
         self.model, self.tokenizer, self.model_id = model.eval(), tokenizer, model_id
         config = model.config
         trained = config.attention.rotary.max_position
@@ -62,7 +62,8 @@ class Engine:
         shape = (config.num_layers, max_batch, attn.num_kv_heads, self.max_context, attn.head_dim)
         check_fits(cache_bytes(*shape, self.dtype, spare_slot=compiled), self.device, where="max_batch / max_context")
         self.cache = KVCache(*shape, dtype=self.dtype, device=self.device, spare_slot=compiled)
-        self.decoder = DecodeRunner(model, self.cache, compile=compiled, graphs=graphs)
+        fuse = on_cuda if fuse_projections == "auto" else bool(fuse_projections)
+        self.decoder = DecodeRunner(model, self.cache, compile=compiled, graphs=graphs, fuse=fuse)
         self._waiting: deque[Request] = deque()
         self._running: dict[int, Request] = {}  # slot -> request, prefilling or decoding
         self._prefilling: list[Request] = []  # in arrival order

@@ -1,6 +1,7 @@
-"""The compiled decode step (what runs, under CUDA graphs, on a GPU) gives the eager tokens, and
-compiles once for all layers, batch sizes >= 2 and attended lengths (plus once for batch 1): that
-is what lets a 7B model compile in seconds. On the CPU it goes through inductor too."""
+"""The compiled decode step with fused projections (what runs, under CUDA graphs, on a GPU) gives
+the uncached tokens, and compiles once for all layers, batch sizes >= 2 and attended lengths (plus
+once for batch 1): that is what lets a 7B model compile in seconds. On the CPU it goes through
+inductor too."""
 
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ def test_compiled_decode_equals_the_uncached_forward_and_compiles_twice(tokenize
     short, longer = [1, 50, 60], [1, *range(200, 320)]  # 121 tokens: decoding crosses the 128 length bucket
     params = SamplingParams(max_new_tokens=10, temperature=0)
     graphs_before = counters["stats"]["unique_graphs"]
-    with Engine(model, tokenizer, model_id="random", max_batch=4, compile=True) as engine:
+    reference = random_model(seed=1, dtype=torch.float64)  # the same weights, left unfused
+    with Engine(model, tokenizer, model_id="random", max_batch=4, compile=True, fuse_projections=True) as engine:
         alone = engine.generate([short], params)  # batch 1
         together = engine.generate([short, longer, short], params)  # batch bucket 4, lengths 128 then 256
         assert engine.compiled  # it did not fall back to eager
-    assert alone[0].token_ids == uncached(model, short, params)
-    assert [c.token_ids for c in together] == [uncached(model, p, params) for p in (short, longer, short)]
+    assert alone[0].token_ids == uncached(reference, short, params)
+    assert [c.token_ids for c in together] == [uncached(reference, p, params) for p in (short, longer, short)]
     assert counters["stats"]["unique_graphs"] - graphs_before == 2  # batch 1; batch >= 2 (any length, any layer)

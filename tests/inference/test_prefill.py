@@ -112,3 +112,17 @@ def test_chunked_prefill_gives_the_uncached_tokens_and_lets_others_decode(model6
     assert len(chunks) >= len(PROMPTS[2]) // 4
     between = [kind for kind, slots in steps[chunks[0]:chunks[-1]] if kind == "decode" and 0 in slots]
     assert len(between) >= len(chunks) - 1
+
+
+def test_fused_projections_give_the_unfused_tokens_and_keep_the_weights(tokenizer):
+    from inference_helpers import random_model
+
+    model, reference = random_model(seed=2), random_model(seed=2)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+    with Engine(model, tokenizer, model_id="random", max_batch=2, fuse_projections=True) as engine:
+        got = engine.generate(PROMPTS[:2], params)
+    assert [c.token_ids for c in got] == [uncached(reference, p, params) for p in PROMPTS[:2]]
+    attn = model.layers["0"].self_attn  # q, k, v are now views of one tensor, with the same values
+    assert attn.k_proj.weight.data_ptr() == attn.q_proj.weight.data_ptr() + attn.q_proj.weight.numel() * 8
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
