@@ -123,32 +123,17 @@ def run(args) -> dict:
         next_batch = lambda i: {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in rows(i).items()}  # noqa: E731
         doc_lengths = []
     else:
-        generator = torch.Generator().manual_seed(1)
-        batches = [tt.packed_batch(args, generator) for _ in range(4)]
-        doc_lengths = [n for b in batches for n in b.pop("doc_lengths")]
-        on_device = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()} for b in batches]
-        token_generator = torch.Generator(device=device).manual_seed(2)
-
-        def next_batch(i):  # fresh random tokens every step over four cycling document layouts
-            batch = on_device[i % len(on_device)]
-            ids = torch.randint(0, args.vocab, batch["input_ids"].shape, device=device, generator=token_generator)
-            labels = torch.randint(0, args.vocab, batch["labels"].shape, device=device, generator=token_generator)
-            return dict(batch, input_ids=ids, labels=labels.masked_fill(batch["labels"] == IGNORE_INDEX, IGNORE_INDEX))
+        layouts, doc_lengths = tt.packed_layouts(args, device)
+        next_batch = tt.FreshTokens(args, device, layouts)  # fresh random tokens over four cycling document layouts
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "autocast")
 
     def step(batch) -> torch.Tensor:
-        with autocast:
-            hidden = model.hidden_states(
-                batch["input_ids"], batch["position_ids"], cu_seqlens=batch["cu_seqlens"], max_seqlen=batch["max_seqlen"]
-            )
-            loss_sum, count = loss_fn(hidden.flatten(0, 1), model.lm_head.weight, batch["labels"].flatten())
-            loss = loss_sum / count
-        loss.backward()
+        loss = tt.forward_backward(model, loss_fn, batch, autocast)
         optimizer.step()
         if schedule is not None:
             schedule.step()
-        return loss.detach()
+        return loss
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -224,9 +209,7 @@ def main(argv=None) -> int:
         f"loss {result['loss_first_last'][0]:.3f} -> {result['loss_first_last'][1]:.3f}"
     )
     print("RESULT " + json.dumps(result), flush=True)
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    tt.append_json(args.json, result)
     return 0
 
 

@@ -28,7 +28,6 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict
 
 import torch
 
@@ -134,6 +133,43 @@ def packed_batch(args, generator: torch.Generator) -> dict:
     }
 
 
+def packed_layouts(args, device: torch.device, count: int = 4) -> tuple[list[dict], list[int]]:
+    """`count` packed batches on `device` (their document layouts cycle, a new one every step) and
+    all their document lengths."""
+    generator = torch.Generator().manual_seed(1)
+    batches = [packed_batch(args, generator) for _ in range(count)]
+    lengths = [n for b in batches for n in b.pop("doc_lengths")]
+    return [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()} for b in batches], lengths
+
+
+class FreshTokens:
+    """Batch i: layout i % len(layouts) with new random tokens and labels (a repeated batch is
+    memorised within a few steps and says nothing about training); unlabelled positions stay so."""
+
+    def __init__(self, args, device: torch.device, layouts: list[dict]):
+        self.vocab, self.layouts = args.vocab, layouts
+        self.generator = torch.Generator(device=device).manual_seed(2)
+
+    def __call__(self, i: int) -> dict:
+        batch = self.layouts[i % len(self.layouts)]
+        device = batch["input_ids"].device
+        ids = torch.randint(0, self.vocab, batch["input_ids"].shape, device=device, generator=self.generator)
+        labels = torch.randint(0, self.vocab, batch["labels"].shape, device=device, generator=self.generator)
+        return dict(batch, input_ids=ids, labels=labels.masked_fill(batch["labels"] == IGNORE_INDEX, IGNORE_INDEX))
+
+
+def forward_backward(model, loss_fn, batch: dict, autocast) -> torch.Tensor:
+    """Mean loss over the labelled tokens, backward done; the detached loss."""
+    with autocast:
+        hidden = model.hidden_states(
+            batch["input_ids"], batch["position_ids"], cu_seqlens=batch["cu_seqlens"], max_seqlen=batch["max_seqlen"]
+        )
+        loss_sum, count = loss_fn(hidden.flatten(0, 1), model.lm_head.weight, batch["labels"].flatten())
+        loss = loss_sum / count
+    loss.backward()
+    return loss.detach()
+
+
 def build_loss(args):
     from internlm.components.loss.chunked import ChunkedConfig, ChunkedCrossEntropy
     from internlm.components.loss.cross_entropy import CrossEntropy
@@ -209,34 +245,14 @@ def run(args) -> dict:
     optimizer = Optimizer(model, args)
     backend = attention_backends.resolve(args.attention, device)
 
-    generator = torch.Generator().manual_seed(1)
-    batches = [packed_batch(args, generator) for _ in range(4)]  # a different layout every step
-    on_device = [
-        {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items() if k != "doc_lengths"}
-        for b in batches
-    ]
-    token_generator = torch.Generator(device=device).manual_seed(2)
-
-    def fresh_tokens(batch: dict) -> dict:
-        """New random tokens every step (a repeated batch is memorised within a few steps and
-        says nothing about training); the document layout cycles through the four above."""
-        ids = torch.randint(0, args.vocab, batch["input_ids"].shape, device=device, generator=token_generator)
-        labels = torch.randint(0, args.vocab, batch["labels"].shape, device=device, generator=token_generator)
-        labels = labels.masked_fill(batch["labels"] == IGNORE_INDEX, IGNORE_INDEX)
-        return dict(batch, input_ids=ids, labels=labels)
-
+    layouts, doc_lengths = packed_layouts(args, device)
+    next_batch = FreshTokens(args, device, layouts)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "autocast")
 
-    def step(batch) -> float:
-        with autocast:
-            hidden = model.hidden_states(
-                batch["input_ids"], batch["position_ids"], cu_seqlens=batch["cu_seqlens"], max_seqlen=batch["max_seqlen"]
-            )
-            loss_sum, count = loss_fn(hidden.flatten(0, 1), model.lm_head.weight, batch["labels"].flatten())
-            loss = loss_sum / count
-        loss.backward()
+    def step(batch) -> torch.Tensor:
+        loss = forward_backward(model, loss_fn, batch, autocast)
         optimizer.step()
-        return loss.detach()
+        return loss
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -247,7 +263,7 @@ def run(args) -> dict:
             graphs_after_warmup = compile_stats()["unique_graphs"]
         sync(device)
         start = time.perf_counter()
-        loss = step(fresh_tokens(on_device[i % len(on_device)]))
+        loss = step(next_batch(i))
         sync(device)
         elapsed = time.perf_counter() - start
         losses.append(float(loss))
@@ -262,7 +278,7 @@ def run(args) -> dict:
     peak = flops.peak_flops(name, args.peak_tflops)
     ours = flops.flops_per_token(cfg, args.seq, causal=True)
     titan = flops.flops_per_token(cfg, args.seq, causal=False)
-    doc_keys = flops.mean_attended_keys([n for b in batches for n in b["doc_lengths"]])
+    doc_keys = flops.mean_attended_keys(doc_lengths)
     stats = compile_stats()
     result = {
         "tag": args.tag,
@@ -324,10 +340,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     result = run(args)
     report(result)
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    append_json(args.json, result)
     return 0
+
+
+def append_json(path: str | None, result: dict) -> None:
+    """One JSON line per run appended to `path` (--json), when given."""
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":
