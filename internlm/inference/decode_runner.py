@@ -48,8 +48,11 @@ class DecodeRunner:
             raise ValueError("CUDA graphs need a CUDA device")
         self.compiled, self.graphs = bool(compile), bool(graphs)
         self._layer = self._compile_layer() if self.compiled else cached_forward.decode_layer
-        self._tokens = torch.zeros(cache.slots, dtype=torch.long, device=self.device)
-        self._positions = torch.zeros(cache.slots, dtype=torch.long, device=self.device)
+        # Tokens (row 0) and positions (row 1): the graphs' static inputs, filled by one copy per step
+        # from a pinned host buffer.
+        self._inputs = torch.zeros(2, cache.slots, dtype=torch.long, device=self.device)
+        self._staging = torch.zeros(2, cache.slots, dtype=torch.long, pin_memory=self.device.type == "cuda")
+        self._staging_np = self._staging.numpy()
         self._captured: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
 
@@ -64,16 +67,20 @@ class DecodeRunner:
         return bucket(batch, 1, self.cache.slots), bucket(kv_len, SMALLEST_KV_BUCKET, self.cache.max_context)
 
     def __call__(self, tokens: list[int], positions: list[int], kv_len: int) -> torch.Tensor:
-        """Logits [B, vocab] for slots 0..B-1 (B = len(tokens), already bucketed by the caller)."""
+        """Logits [B, vocab] for slots 0..B-1 (B = len(tokens), already bucketed by the caller).
+        Read them before the next call: with CUDA graphs the next replay overwrites them."""
         batch = len(tokens)
-        self._tokens[:batch].copy_(torch.tensor(tokens))
-        self._positions[:batch].copy_(torch.tensor(positions))
-        args = (self._tokens[:batch], self._positions[:batch], kv_len)
+        self._staging_np[0, :batch] = tokens
+        self._staging_np[1, :batch] = positions
+        # Safe without a wait: the staging buffer is rewritten only after the caller has read these
+        # logits, which waits for this step.
+        self._inputs[:, :batch].copy_(self._staging[:, :batch], non_blocking=True)
+        args = (self._inputs[0, :batch], self._inputs[1, :batch], kv_len)
         try:
             if self.graphs:
                 graph, logits = self._graph(*args)
                 graph.replay()
-                return logits.clone()  # the next replay overwrites the graph's output
+                return logits
             return self._step(*args)
         except Exception:  # a compiler or capture failure must not take serving down
             log.exception("compiled/graphed decode failed; decoding eagerly from now on")
