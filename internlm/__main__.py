@@ -60,8 +60,20 @@ def hydra_entry(cfg: DictConfig) -> None:
         # metrics keeps them (an earlier run's folder is left as it was).
         if fresh and run_dir.is_dir() and set(os.listdir(run_dir)) <= HYDRA_FILES | {"plan.yaml"}:
             shutil.rmtree(run_dir, ignore_errors=True)
+            remove_empty_parents(run_dir)
         print(exc.render(), file=sys.stderr)
         sys.exit(2)
+
+
+def remove_empty_parents(run_dir: Path) -> None:
+    """Hydra's default run folder, outputs/<date>/<time>: its now empty date folder (and outputs/)
+    go too, up to the current directory."""
+    if any(arg.startswith("hydra.run.dir=") for arg in sys.argv[1:]):
+        return
+    cwd, parent = Path.cwd().resolve(), run_dir.resolve().parent
+    while cwd in parent.parents and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
 
 
 def main() -> None:

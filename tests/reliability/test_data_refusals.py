@@ -42,3 +42,26 @@ def test_every_line_skipped_names_the_text_field(tmp_path, tokenizer):
     message = info.value.render()
     assert "no document" in message and "task.text_field" in message and "'text'" in message and "missing_field" in message
     assert not (tmp_path / "store").exists()
+
+
+def test_a_missing_field_or_too_long_document_names_the_field_to_set(tmp_path, tokenizer):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"content": "the king"}) + "\n")
+    with pytest.raises(ConfigError) as info:
+        _prepare(data, tmp_path / "store", tokenizer)
+    assert "d.jsonl:1" in info.value.render() and "task.text_field" in info.value.fix
+    data.write_text(json.dumps({"text": "the king " * 20}) + "\n")
+    with pytest.raises(ConfigError) as info:
+        _prepare(data, tmp_path / "store", tokenizer, max_chars=50)
+    assert "task.max_chars" in info.value.fix
+
+
+def test_a_tokenizer_that_cannot_be_trained_names_this_tasks_fields(tmp_path):
+    from internlm.api import run
+
+    data = tmp_path / "few.txt"
+    data.write_text("the king and the queen\n" * 5)
+    with pytest.raises(ConfigError) as info:
+        run(["task=train_tokenizer", f"task.input=[{data}]", "task.vocab_size=60000"], tmp_path / "run")
+    assert info.value.where == "task.vocab_size"
+    assert "task.character_coverage" in info.value.fix and "set task.vocab_size" in info.value.fix

@@ -147,11 +147,21 @@ def read_whole_file(path: Path, max_chars: int) -> str | BadDocument:
         return bad
 
 
+# What else may be wrong for each reason, in the reader's own fields.
+REASON_HINTS = {
+    "missing_field": "{section}.text_field names the JSON key that holds the text",
+    "too_long": "{section}.max_chars sets the longest document accepted (0 = no limit)",
+}
+
+
 def bad_document_error(bad: BadDocument, where: str) -> ConfigError:
+    section = where.rsplit(".", 1)[0]
+    hint = REASON_HINTS.get(bad.reason)
+    also = f"; {hint.format(section=section)}" if hint else ""
     return ConfigError(
         f"bad document at {bad.path}:{bad.line}: {bad.reason} ({bad.detail})",
         where=where,
-        fix=f"fix or remove that line, or skip bad documents with {where.rsplit('.', 1)[0]}.on_error=skip",
+        fix=f"fix or remove that line, or skip bad documents with {section}.on_error=skip{also}",
     )
 
 
