@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from internlm import registry
 from internlm.batch import Batch
-from internlm.components.adapter.lora import adapters_disabled, has_lora
+from internlm.components.adapter.lora import adapters_disabled
 from internlm.components.data.preference import PreferenceData
-from internlm.components.objective.dpo import DPO, pair_logps
+from internlm.components.objective.dpo import pair_logps
+from internlm.config import RootConfig
 from internlm.errors import ConfigError
 from internlm.registry import register
 from internlm.runtime import checkpoint
@@ -117,23 +118,33 @@ def frozen_copy(ctx: RunContext) -> torch.nn.Module:
     return fabric.to_device(reference)
 
 
+def check_components(config: RootConfig, reference: str) -> None:
+    """The objective, data, adapter and reference that task=dpo needs, from the config alone."""
+    if reference not in REFERENCES:
+        raise ConfigError(f"unknown reference '{reference}'", where="task.reference", fix=f"choose one of {', '.join(REFERENCES)}")
+    name = lambda node: registry.component_of(node).name if node is not None else "none"
+    if name(config.objective) != "dpo":
+        raise ConfigError("task=dpo trains with objective=dpo", where="objective", fix="add objective=dpo (or +experiment=tiny_dpo)")
+    if name(config.data) != "preference":
+        raise ConfigError("task=dpo needs preference pairs", where="data", fix="use data=preference data.paths='[pairs.jsonl]'")
+    if reference == "adapter_off" and name(getattr(config, "adapter", None)) != "lora":
+        raise ConfigError("task.reference=adapter_off needs adapters to switch off", where="task.reference",
+                          fix="add adapter=lora, or use task.reference=precompute")
+
+
 @register("task", "dpo", DPOTaskConfig)
 class DPOTask(TrainingTask):
     """Preference optimisation on (chosen, rejected) pairs with a precomputed, adapter-off or frozen reference."""
 
+    def check_run_folder(self, config: RootConfig, raw: DictConfig, run_dir: Path) -> None:
+        check_components(config, self.config.reference)  # before plan.yaml, a model or the data
+        super().check_run_folder(config, raw, run_dir)
+
     def run(self, ctx: RunContext) -> dict:
         reference = self.config.reference
-        if reference not in REFERENCES:
-            raise ConfigError(f"unknown reference '{reference}'", where="task.reference", fix=f"choose one of {', '.join(REFERENCES)}")
         objective, data = ctx.parts.objective, ctx.parts.data
-        if not isinstance(objective, DPO):
-            raise ConfigError("task=dpo trains with objective=dpo", where="objective", fix="add objective=dpo (or +experiment=tiny_dpo)")
-        if not isinstance(data, PreferenceData):
-            raise ConfigError("task=dpo needs preference pairs", where="data", fix="use data=preference data.paths='[pairs.jsonl]'")
         model = ctx.parts.model
-        if reference == "adapter_off":
-            if not has_lora(model):
-                raise ConfigError("task.reference=adapter_off needs adapters to switch off", where="task.reference", fix="add adapter=lora, or use task.reference=precompute")
+        if reference == "adapter_off":  # check_components made sure the model has adapters
 
             def base_logps(batch: Batch):
                 with adapters_disabled(model):

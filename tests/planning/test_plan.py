@@ -188,3 +188,26 @@ def test_a_lora_target_that_matches_nothing_is_refused_at_compile():
         plan_for("adapter=lora", "adapter.targets=[q_proj,qkv]")
     message = info.value.render()
     assert "'qkv' matches no linear module" in message and "adapter.targets" in message and "q_proj" in message
+
+
+# Peaks measured by bench/align_ladder.py on one H200, 2026-12-02 (bench/RESULTS.md): internlm_7b,
+# rows of 2,048 tokens, micro batch 1, torch's peak reserved GiB
+LADDER = ["model=internlm_7b", "data.seq_len=2048", "data.global_batch_size=2", "data.micro_batch_size=1", "loss=chunked",
+          "trainer.precision=bf16-true", "task=dpo", "objective=dpo", "data=preference"]
+MEASURED = [
+    (["optimizer=adamw_bf16", "trainer.activation_checkpointing=full", "task.reference=precompute"], 59.38),
+    (["adapter=lora", "adapter.targets=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]", "task.reference=adapter_off"], 27.67),
+]
+
+
+@pytest.mark.parametrize("extra,reserved", MEASURED)
+def test_the_estimate_is_within_15_percent_of_the_measured_peak(extra, reserved):
+    total = plan_for(*LADDER, *extra, facts=H200).memory_per_device_gib["total"]
+    assert abs(total - reserved) / reserved < 0.15
+
+
+def test_a_run_that_ran_out_of_memory_on_the_h200_is_refused():
+    # bf16-mixed without recompute: fp32 weights, gradients and AdamW (16 B/param) + autocast's
+    # bf16 weight copies + activations ran out at 134.5 GiB allocated, 138.7 reserved
+    with pytest.raises(ConfigError, match="autocast_weights 13.6.*the device has 139.8 GiB"):
+        plan_for(*LADDER[:5], "trainer.precision=bf16-mixed", facts=H200)

@@ -109,18 +109,35 @@ def test_resume_after_a_crash_mid_dpo_is_bitwise_with_the_reference_cache(data, 
         run(overrides + ["trainer.resume=auto"], tmp_path)
 
 
+BAD_PAIRS = {"missing_chosen": {"prompt": "the king", "rejected": "blood"}, "empty_answer": {"prompt": "the king", "chosen": " ", "rejected": "blood"}}
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [
         (["task.reference=adapter_off"], "adapter_off needs adapters"),
         (["task.reference=copy"], "unknown reference 'copy'"),
         (["data.seq_len=16"], "pair_too_long"),
+        (["bad=missing_chosen"], r"bad\.jsonl:3: missing_field"),
+        (["bad=empty_answer"], r"bad\.jsonl:3: empty_answer"),
+        (["adapter=lora", "adapter.targets=[q_proj,qkv_proj]"], "LoRA target 'qkv_proj' matches no linear module"),
     ],
 )
 def test_bad_dpo_input_is_refused_before_any_step(data, tmp_path, extra, message):
+    """The issue's bad-input list: one ConfigError, and the run folder an earlier run left keeps
+    every byte (no checkpoint, reference cache or metrics written, nothing replaced)."""
+    if extra[0].startswith("bad="):
+        lines = (data / "pairs.jsonl").read_text().splitlines()[:2] + [json.dumps(BAD_PAIRS[extra[0][4:]])]
+        (data / "bad.jsonl").write_text("\n".join(lines) + "\n")
+        extra = [f"data.paths=[{data / 'bad.jsonl'}]"]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("an earlier file")
     with pytest.raises(ConfigError, match=message):
-        run(dpo(data, "trainer.max_steps=2", *extra), tmp_path)
-    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "reference").exists()
+        run(dpo(data, "trainer.max_steps=2", *extra), run_dir)
+    left = sorted(p.name for p in run_dir.iterdir()) if run_dir.exists() else []
+    assert set(left) <= {"notes.txt", "plan.yaml", ".lock"}, left  # no checkpoints, reference, metrics
+    assert (run_dir / "notes.txt").read_text() == "an earlier file"
 
 
 def test_dpo_with_the_next_token_objective_is_refused(data, tmp_path):
