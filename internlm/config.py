@@ -31,6 +31,7 @@ class TrainerConfig:
     log_every: int = 10  # steps between metric rows (CSV, TensorBoard, console)
     val_every: int = 100  # steps between validation passes; 0 = never
     val_batches: int = 8  # micro batches per validation pass
+    eval_every: int = 0  # steps between passes of the eval=<suite> (conf/eval/), logged as eval/<dataset>/<metric>; 0 = never
     checkpoint_every: int = 100  # steps between checkpoints; 0 = only at the end; -1 = never (benchmarks)
     keep_checkpoints: int = 3  # newest checkpoints kept in the run folder
     async_checkpoint: bool = False  # write checkpoints in a background thread; committed once written

@@ -19,7 +19,7 @@ import torch
 
 from internlm.batch import Batch
 from internlm.components.objective.base import Objective
-from internlm.runtime import checkpoint, faults
+from internlm.runtime import checkpoint, faults, training_eval
 from internlm.runtime.console import Console
 from internlm.runtime.generation import generate
 from internlm.runtime.health import Health
@@ -64,6 +64,7 @@ def _fit(ctx, objective: Objective | None) -> dict:
         micro_batch_size=plan.micro_batch_size, dp_rank=dp_rank, dp_size=plan.layout.dp_size, seed=trainer.seed
     )
     val_rows = validation_rows(ctx, dp_rank)
+    evaluation = training_eval.prepare(ctx.config, parts.tokenizer)  # trainer.eval_every + eval=<suite>; None when off
     model, optimizer, scheduler = parts.model, parts.optimizer, parts.scheduler
     health = Health(trainer.max_consecutive_skips, trainer.spike_factor)
     state = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "loader": loader, "health": health, "step": 0}
@@ -104,7 +105,11 @@ def _fit(ctx, objective: Objective | None) -> dict:
         if val_rows and trainer.val_every and (done % trainer.val_every == 0 or done == trainer.max_steps):
             metrics |= validate(fabric, reducer, objective, model, val_rows)
             timer.lap()  # validation time is not training time
-        if done % trainer.log_every == 0 or done == trainer.max_steps or "val/loss" in metrics:
+        evaluating = evaluation is not None and evaluation.due(done)
+        if evaluating:
+            metrics |= evaluation.run(model)  # eval/<dataset>/<metric>
+            timer.lap()
+        if done % trainer.log_every == 0 or done == trainer.max_steps or "val/loss" in metrics or evaluating:
             fabric.log_dict(metrics, step=done)
         console.update(done, metrics)
         if health.exhausted():

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from internlm.components.eval.config import EvalSuiteConfig
-from internlm.components.eval.runner import Dataset, load_suite, merge, predict, score
+from internlm.components.eval.runner import Dataset, load_suite, predict_all_ranks, score
 from internlm.components.eval.summary import Row, to_csv, to_markdown, to_text
 from internlm.errors import ConfigError
 from internlm.registry import register
@@ -130,19 +130,6 @@ def open_model(source: str, cfg: EvalTaskConfig):
     model, tokenizer = load(source, device)
     lm = for_internlm(model_name(source), model.to(dtype), tokenizer, cfg.batch_tokens)
     return lm
-
-
-def predict_all_ranks(dataset: Dataset, lm) -> list[dict]:
-    """This process's share of the items; under torch.distributed every rank gets everyone's."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-        mine = predict(dataset, lm, rank, world)
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, mine)
-        return merge(gathered)
-    return merge([predict(dataset, lm)])
 
 
 def read_predictions(run_dir: Path, datasets: list[Dataset]) -> tuple[dict[str, dict[str, list[dict]]], list[str]]:

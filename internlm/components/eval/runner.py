@@ -129,6 +129,19 @@ def predict(dataset: Dataset, lm: LanguageModel, rank: int = 0, world: int = 1) 
     return records
 
 
+def predict_all_ranks(dataset: Dataset, lm: LanguageModel) -> list[dict]:
+    """This process's share of the items; under torch.distributed every rank gets everyone's
+    records, in item order (the list one rank alone would produce)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, predict(dataset, lm, rank, world))
+        return merge(gathered)
+    return merge([predict(dataset, lm)])
+
+
 def merge(shards: Sequence[list[dict]]) -> list[dict]:
     """All ranks' records in item order (the same list one rank would have produced)."""
     return sorted((r for part in shards for r in part), key=lambda r: r["position"])

@@ -1,0 +1,76 @@
+"""`trainer.eval_every` + `eval=<suite>`: the suite scored on the model being trained, every N
+steps and after the last, logged as `eval/<dataset>/<metric>` (metrics.csv, TensorBoard).
+
+The suite's data is loaded and checked before the first step (a wrong folder fails at once, not
+after hours). Items are split across data-parallel ranks and gathered, as task=eval does, when
+every rank holds the whole model; a sharded model (FSDP, tensor parallel) needs every rank in
+every forward, so there each rank scores all items through the model's own forward.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from internlm.components.eval.config import EvalSuiteConfig
+from internlm.components.eval.runner import Dataset, load_suite, predict, predict_all_ranks, score
+from internlm.errors import ConfigError
+
+log = logging.getLogger("internlm")
+
+
+class TrainingEval:
+    def __init__(self, datasets: list[Dataset], every: int, max_steps: int, tokenizer, batch_tokens: int = 8192):
+        self.datasets, self.every, self.max_steps = datasets, every, max_steps
+        self.tokenizer, self.batch_tokens = tokenizer, batch_tokens
+
+    def due(self, done: int) -> bool:
+        return done % self.every == 0 or done == self.max_steps
+
+    @torch.no_grad()
+    def run(self, model) -> dict[str, float]:
+        from internlm.inference.scoring import for_internlm
+
+        module = getattr(model, "module", model)  # Fabric's wrapper forwards calls to this
+        sharded = any(type(p).__name__ == "DTensor" for p in module.parameters())
+        lm = for_internlm("training", module, self.tokenizer, self.batch_tokens)
+        if sharded:  # the packed-prefix path calls submodules directly, past the shards' gathers
+            lm.share_prefixes = False
+        was_training = module.training
+        module.eval()
+        metrics = {}
+        try:
+            for dataset in self.datasets:
+                records = predict(dataset, lm) if sharded else predict_all_ranks(dataset, lm)
+                for name, value in score(dataset, records).items():
+                    metrics[f"eval/{dataset.name}/{name}"] = value
+        finally:
+            module.train(was_training)
+        return metrics
+
+
+def prepare(config, tokenizer) -> TrainingEval | None:
+    """None unless trainer.eval_every is set; then the suite, loaded and checked now."""
+    every = config.trainer.eval_every
+    if every < 0:
+        raise ConfigError(f"trainer.eval_every={every}", where="trainer.eval_every", fix="0 (never) or a number of steps")
+    if not every:
+        return None
+    suite = getattr(config, "eval", None)
+    if not isinstance(suite, EvalSuiteConfig) or not suite.datasets:
+        raise ConfigError("trainer.eval_every is set but no evaluation suite is chosen", where="eval",
+                          fix="add eval=<suite or dataset of conf/eval/> (e.g. eval=mmlu eval.limit=100), or trainer.eval_every=0")
+    datasets = load_suite(suite)
+    chat = [d.name for d in datasets if d.chat]
+    if chat and not _has_chat_markers(tokenizer):
+        raise ConfigError(f"{', '.join(chat)} use(s) the chat template, the model's tokenizer has none", where="eval",
+                          fix="choose a base suite (eval=base_suite), or set chat: false for those datasets")
+    log.info("evaluating %s every %d steps", ", ".join(f"{d.name} ({len(d.items)} items)" for d in datasets), every)
+    return TrainingEval(datasets, every, config.trainer.max_steps, tokenizer)
+
+
+def _has_chat_markers(tokenizer) -> bool:
+    from internlm.components.tokenizer.chat_template import CHAT_MARKERS
+
+    return all(tokenizer.token_to_id(m) is not None for m in CHAT_MARKERS if m != "<|System|>")
