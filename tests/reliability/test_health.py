@@ -63,3 +63,40 @@ def test_a_spike_is_reported_against_the_running_mean():
     assert mean == pytest.approx(2.39)
     assert health.judge(12, 3.0 * mean + 0.01, 1.0) and health.spikes == 1  # reported, still applied
     assert not health.judge(13, 1.0, float("inf")) and health.skipped == 1 and not health.exhausted()
+
+
+def _skip_one_step_of_data(ckpt, rows: int) -> None:
+    """Move a checkpoint's data position on by one step's rows (a run whose data skips that batch),
+    fixing its recorded checksum."""
+    import json
+
+    from internlm.runtime import checkpoint
+
+    extras = ckpt / checkpoint.EXTRAS
+    saved = torch.load(extras, weights_only=True)
+    saved["loader"]["consumed"] += rows
+    torch.save(saved, extras)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["files"][checkpoint.EXTRAS] = {"bytes": extras.stat().st_size, "sha256": checkpoint.file_digest(extras)}
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+
+
+def test_the_steps_around_skipped_ones_equal_a_run_whose_data_skipped_those_batches(tmp_path, fast_overrides):
+    """NaN at steps 2 and 4 of 5: steps 1, 3 and 5 are bitwise those of a clean 5-step run (same
+    schedule) that trained on batches 1, 3 and 5 only: it stops after each step (trainer.stop_file)
+    and its data position is moved past the next batch before it resumes."""
+    overrides = fast_overrides + ["data.micro_batch_size=2", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=10",
+                                  "trainer.max_steps=5"]
+    hurt = run(overrides + ["debug.inject_nan_steps=[2,4]"], tmp_path / "nan")["losses"]
+    skipping, stop = tmp_path / "skip", tmp_path / "STOP"
+    one_step = overrides + [f"trainer.stop_file={stop}"]
+    stop.touch()
+    reference = run(one_step, skipping)["losses"]
+    for done in (1, 2):  # skip a batch, then train one step on the next
+        _skip_one_step_of_data(skipping / "checkpoints" / f"step-{done:08d}", rows=4)
+        stop.touch()
+        reference += run(one_step + ["trainer.resume=auto"], skipping)["losses"]
+    assert [hurt[0], hurt[2], hurt[4]] == reference
+    a, _ = internlm.load(tmp_path / "nan" / "checkpoints" / "step-00000005")
+    b, _ = internlm.load(skipping / "checkpoints" / "step-00000003")
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
