@@ -118,7 +118,7 @@ BAD_PAIRS = {"missing_chosen": {"prompt": "the king", "rejected": "blood"}, "emp
         (["task.reference=adapter_off"], "adapter_off needs adapters"),
         (["task.reference=copy"], "unknown reference 'copy'"),
         (["data.seq_len=16"], "pair_too_long"),
-        (["bad=missing_chosen"], r"bad\.jsonl:3: missing_field"),
+        (["bad=missing_chosen"], r"bad\.jsonl:3: missing_answer"),
         (["bad=empty_answer"], r"bad\.jsonl:3: empty_answer"),
         (["adapter=lora", "adapter.targets=[q_proj,qkv_proj]"], "LoRA target 'qkv_proj' matches no linear module"),
     ],

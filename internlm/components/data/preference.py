@@ -25,7 +25,7 @@ import torch
 from internlm.batch import IGNORE_INDEX, Batch
 from internlm.components.data.base import DataConfig
 from internlm.components.data.chat import encode_messages, iter_chats
-from internlm.components.data.documents import BadDocument, DocumentPolicy, field_of, parse_record, resolve_files
+from internlm.components.data.documents import BadDocument, DocumentPolicy, parse_record, resolve_files
 from internlm.components.data.packing import packed_batch
 from internlm.components.data.sampler import RowSetSource
 from internlm.errors import ConfigError
@@ -51,7 +51,7 @@ def prompt_messages(record: dict) -> list:
         return [{"role": "user", "content": prompt}]
     if isinstance(prompt, list):
         return prompt
-    raise BadDocument("missing_field", "", 0, "field 'prompt' must be a string or a list of chat messages")
+    raise BadDocument("missing_prompt", "", 0, "field 'prompt' must be a string or a list of chat messages")
 
 
 def answer_messages(record: dict, side: str) -> list:
@@ -61,7 +61,13 @@ def answer_messages(record: dict, side: str) -> list:
         if not value.strip():
             raise BadDocument("empty_answer", "", 0, f"field {side!r} is empty")
         return prompt_messages(record) + [{"role": "assistant", "content": value}]
-    messages = field_of(record, side, list)  # absent or wrong type: missing_field
+    messages = value if isinstance(value, list) else None
+    if messages is None:
+        raise BadDocument(
+            "missing_answer", "", 0,
+            f"field {side!r} is {'absent' if value is None else type(value).__name__}: "
+            "give it the answer as a string, or as chat messages ending with the assistant's",
+        )
     if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "assistant":
         raise BadDocument("bad_messages", "", 0, f"field {side!r} must end with an assistant message")
     if not str(messages[-1].get("content", "")).strip():
@@ -94,7 +100,8 @@ def pair_parser(tokenizer, seq_len: int | None = None):
         if seq_len is not None and len(pair) > seq_len:
             raise BadDocument(
                 "pair_too_long", "", 0,
-                f"chosen + rejected take {len(pair)} tokens, more than data.seq_len={seq_len} (a pair shares one row)",
+                f"chosen + rejected take {len(pair)} tokens, more than data.seq_len={seq_len} "
+                f"(a pair shares one row): shorten it or raise data.seq_len to {len(pair)}",
             )
         return pair
 

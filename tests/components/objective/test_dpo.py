@@ -134,7 +134,8 @@ def test_pair_logps_and_step_match_plain_pytorch(tmp_path, tokenizer):
 @pytest.mark.parametrize(
     "record,reason",
     [
-        ({"prompt": "the king", "rejected": "blood"}, "missing_field"),
+        ({"prompt": "the king", "rejected": "blood"}, "missing_answer"),
+        ({"chosen": "love", "rejected": "blood"}, "missing_prompt"),
         ({"prompt": "the king", "chosen": " ", "rejected": "blood"}, "empty_answer"),
         ({"prompt": "the king " * 30, "chosen": "love", "rejected": "blood"}, "pair_too_long"),
     ],
