@@ -31,16 +31,17 @@ def estimate_per_device(
     attention_backend: str = "flex",
     matmul: str = "bf16",
     trainable: int | None = None,
-    reference_copies: int = 0,
+    reference_parameters: int = 0,
 ) -> dict[str, float]:
     """`full_logits`: the loss materialises fp32 logits for the whole micro batch (the plain
     cross-entropy); fused losses hold one chunk, counted as 2048 tokens. `attention_backend`
     eager or sdpa materialise the [B, heads, S, S] scores (eager: fp32 scores and probabilities
     kept for backward; sdpa: its dense boolean mask and the math kernel's probabilities).
     `matmul` fp8_*: activations saved in fp8 (measured on an H200: x0.45). `trainable`: the
-    parameters that get gradients and optimizer states (default: all). `reference_copies`: frozen
-    copies of the model beside it (task.reference=frozen: 1), weights only. A frozen base keeps as
-    many activations as a trained one: its LoRA branches and input gradients need them."""
+    parameters that get gradients and optimizer states (default: all). `reference_parameters`:
+    a frozen model beside it (task.reference=frozen: the base model's count), weights only. A
+    frozen base keeps as many activations as a trained one: its LoRA branches and input
+    gradients need them."""
     shards = layout.shard * layout.tensor
     held = parameters / shards
     trained = (parameters if trainable is None else trainable) / shards
@@ -69,7 +70,7 @@ def estimate_per_device(
         "gradients": trained * weight_bytes,
         # AdamW's two moments, in the parameters' dtype (torch's AdamW and adamw_bf16 alike)
         "optimizer_states": trained * 2 * weight_bytes,
-        "reference": reference_copies * held * weight_bytes,
+        "reference": reference_parameters / shards * weight_bytes,
         "autocast_weights": held * 2 if precision.endswith("-mixed") and checkpointing != "full" else 0.0,
         "activations": activations,
         "attention_scores": attention_scores,

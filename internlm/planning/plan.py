@@ -177,15 +177,16 @@ def derive_batches(data_cfg, dp_size: int) -> tuple[int, int]:
     return micro, per_rank // micro
 
 
-def count_parameters(model_cfg, adapter_cfg=None) -> tuple[int, int]:
-    """(all parameters, trainable ones) of the model with its adapter applied, built on the meta
-    device; a LoRA target that matches no module is refused here, before anything runs."""
+def count_parameters(model_cfg, adapter_cfg=None) -> tuple[int, int, int]:
+    """(all parameters, trainable ones, the base model's) with the adapter applied, built on the
+    meta device; a LoRA target that matches no module is refused here, before anything runs."""
     with torch.device("meta"):
         model = registry.build(model_cfg)
+        base = sum(p.numel() for p in model.parameters())
         if adapter_cfg is not None:
             registry.build(adapter_cfg).apply(model)
     total = sum(p.numel() for p in model.parameters())
-    return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, sum(p.numel() for p in model.parameters() if p.requires_grad), base
 
 
 def advisories(cfg: RootConfig, parameters: int) -> list[str]:
@@ -218,7 +219,7 @@ def compile_plan(cfg: RootConfig, facts: Facts, strategy, scheduler=None, trains
     check_tokenizer_fits(facts.tokenizer_vocab, cfg.model)
     available = facts.attention.get(accelerator, {})
     backend = attention_backends.choose(cfg.model.attention.backend, accelerator, available)
-    parameters, trainable = count_parameters(cfg.model, getattr(cfg, "adapter", None))
+    parameters, trainable, base = count_parameters(cfg.model, getattr(cfg, "adapter", None))
     plan = Plan(
         world_size=world_size,
         layout=layout,
@@ -230,7 +231,9 @@ def compile_plan(cfg: RootConfig, facts: Facts, strategy, scheduler=None, trains
     )
     plan.warnings = advisories(cfg, plan.parameters)
     if trains:
-        add_training_plan(plan, cfg, scheduler)
+        # a frozen DPO reference is a second copy of the base model, without adapters
+        reference = base if getattr(cfg.task, "reference", None) == "frozen" else 0
+        add_training_plan(plan, cfg, scheduler, reference)
         try:
             check_fits(plan, facts)
         except ConfigError as exc:
@@ -240,7 +243,7 @@ def compile_plan(cfg: RootConfig, facts: Facts, strategy, scheduler=None, trains
     return plan
 
 
-def add_training_plan(plan: Plan, cfg: RootConfig, scheduler) -> None:
+def add_training_plan(plan: Plan, cfg: RootConfig, scheduler, reference_parameters: int = 0) -> None:
     """The batch layout, schedule, FLOPs and memory of a training run."""
     trainer = cfg.trainer
     check_positive(
@@ -275,7 +278,7 @@ def add_training_plan(plan: Plan, cfg: RootConfig, scheduler) -> None:
         attention_backend=plan.attention_backend,
         matmul=cfg.model.kernels.matmul,
         trainable=plan.trainable_parameters,
-        reference_copies=1 if getattr(cfg.task, "reference", None) == "frozen" else 0,
+        reference_parameters=reference_parameters,
     )
 
 

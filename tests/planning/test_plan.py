@@ -181,6 +181,10 @@ def test_memory_counts_trainable_parameters_and_a_frozen_reference():
     # task=plan carries an experiment's task.reference into the same estimate
     planned = plan_for("task=plan", "task.reference=frozen", *bf16, facts=H200).memory_per_device_gib
     assert planned == frozen
+    # LoRA with a frozen copy: the copy is the base model, without the adapters
+    lora_frozen = plan_for("task=dpo", "task.reference=frozen", "objective=dpo", "data=preference", *full, "trainer.precision=bf16-true",
+                           "adapter=lora", "adapter.targets=[q_proj]", facts=H200).memory_per_device_gib
+    assert lora_frozen["reference"] == gib(2 * P_7B)
 
 
 def test_a_lora_target_that_matches_nothing_is_refused_at_compile():
@@ -200,10 +204,21 @@ MEASURED = [
 ]
 
 
+# issue 11's "Where it stands" (one H200, pretraining, 1 x 4,096, chunked loss, full AC): peak GiB
+PRETRAIN_7B = ["model=internlm_7b", "data.seq_len=4096", "data.global_batch_size=1", "loss=chunked", "trainer.activation_checkpointing=full"]
+MEASURED_BEFORE = [(["trainer.precision=bf16-mixed"], 109.3), (["trainer.precision=bf16-true"], 54.7)]
+
+
 @pytest.mark.parametrize("extra,reserved", MEASURED)
 def test_the_estimate_is_within_15_percent_of_the_measured_peak(extra, reserved):
     total = plan_for(*LADDER, *extra, facts=H200).memory_per_device_gib["total"]
     assert abs(total - reserved) / reserved < 0.15
+
+
+@pytest.mark.parametrize("extra,peak", MEASURED_BEFORE)
+def test_the_refitted_estimate_still_holds_for_the_earlier_pretraining_peaks(extra, peak):
+    total = plan_for(*PRETRAIN_7B, *extra, facts=H200).memory_per_device_gib["total"]
+    assert abs(total - peak) / peak < 0.15
 
 
 def test_a_run_that_ran_out_of_memory_on_the_h200_is_refused():
