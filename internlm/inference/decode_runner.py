@@ -40,8 +40,11 @@ def bucket(n: int, smallest: int, largest: int) -> int:
 
 
 class DecodeRunner:
-    def __init__(self, model, cache, compile: bool, graphs: bool, fuse: bool = False):
+    def __init__(self, model, cache, compile: bool | str, graphs: bool, fuse: bool = False):
+        """`compile`: False, True (inductor) or a torch.compile backend name (tests use aot_eager:
+        the same trace and functionalised graph without code generation)."""
         self.model, self.cache = model, cache
+        self._backend = compile if isinstance(compile, str) else "inductor"
         self._fused = fuse_blocks(model) if fuse else None
         self.device = cache.keys.device
         if graphs and self.device.type != "cuda":
@@ -112,7 +115,7 @@ class DecodeRunner:
         return self._captured[key]
 
     def _compile_layer(self):
-        compiled = torch.compile(cached_forward.decode_layer, fullgraph=True, dynamic=None)
+        compiled = torch.compile(cached_forward.decode_layer, backend=self._backend, fullgraph=True, dynamic=None)
 
         def layer(block, x, rope, keys, values, rows, positions, mask, fused=None):
             # Mark the shapes that vary as dynamic up front: one compile for batch >= 2 (and one for

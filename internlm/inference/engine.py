@@ -53,15 +53,17 @@ class Engine:
                               fix="e.g. prefill_chunk=1024 (prompt tokens per prefill step)")
         self.prefill_chunk, self.max_batch = prefill_chunk, max_batch
         on_cuda = self.device.type == "cuda"
-        compiled = on_cuda if compile == "auto" else bool(compile)
+        # compile: "auto" (on CUDA), a bool, or a torch.compile backend name (see DecodeRunner)
+        compiled = on_cuda if compile == "auto" else compile if isinstance(compile, str) else bool(compile)
         graphs = on_cuda if cuda_graphs == "auto" else bool(cuda_graphs)
         if graphs and not on_cuda:
             raise ConfigError("cuda_graphs=True needs the model on a CUDA device", where="cuda_graphs",
                               fix="use cuda_graphs=auto or False on the CPU")
         attn = model.layers["0"].self_attn
         shape = (config.num_layers, max_batch, attn.num_kv_heads, self.max_context, attn.head_dim)
-        check_fits(cache_bytes(*shape, self.dtype, spare_slot=compiled), self.device, where="max_batch / max_context")
-        self.cache = KVCache(*shape, dtype=self.dtype, device=self.device, spare_slot=compiled)
+        spare = bool(compiled)
+        check_fits(cache_bytes(*shape, self.dtype, spare_slot=spare), self.device, where="max_batch / max_context")
+        self.cache = KVCache(*shape, dtype=self.dtype, device=self.device, spare_slot=spare)
         fuse = on_cuda if fuse_projections == "auto" else bool(fuse_projections)
         self.decoder = DecodeRunner(model, self.cache, compile=compiled, graphs=graphs, fuse=fuse)
         self._waiting: deque[Request] = deque()

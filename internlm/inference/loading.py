@@ -87,17 +87,20 @@ def load_model(source: str | Path, device: str | torch.device = "auto", dtype: s
 
 def load_engine(source: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
                 max_batch: int = 16, max_context: int | None = None, compile: bool | str = "auto",
-                model_config=None, tokenizer=None) -> Engine:
+                model_config=None, tokenizer=None, cuda_graphs: bool | str = "auto", prefill_chunk: int = 1024,
+                fuse_projections: bool | str = "auto") -> Engine:
     """An Engine serving the model of `source`; a missing or bad source is a ConfigError before any
     weight loads. `max_batch` = cache slots (requests decoded together); `max_context` = the
     longest prompt + completion (default: the model's trained rotary range). An ``internlm:``
     folder (the original trainer's shards) holds no config: pass `model_config` (a
-    TransformerConfig) and `tokenizer`."""
+    TransformerConfig) and `tokenizer`. `compile`, `cuda_graphs` and `fuse_projections` ("auto": on
+    CUDA) choose how decode runs (decode_runner.py); `prefill_chunk` = prompt tokens per prefill step."""
     if not isinstance(max_batch, int) or max_batch < 1:
         raise ConfigError(f"max_batch={max_batch!r} must be an integer >= 1", where="max_batch", fix="e.g. max_batch=16")
     model, tokenizer = load_model(source, device, dtype, model_config, tokenizer)
     return Engine(model, tokenizer, model_id_of(str(source)), max_context=max_context, max_batch=max_batch,
-                  compile=compile)
+                  compile=compile, cuda_graphs=cuda_graphs, prefill_chunk=prefill_chunk,
+                  fuse_projections=fuse_projections)
 
 
 def _checkpoint_source(source: str):

@@ -25,13 +25,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def barely_trained_run(tmp_path_factory) -> Path:
+    """The run both the server and the web demo tests use, trained once per session (the second
+    fixture finds it complete in the session's base folder)."""
+    folder = tmp_path_factory.getbasetemp() / "shared-runs" / RUN_NAME
+    done = folder / ".trained"
+    if not done.is_file():
+        # Barely trained on purpose: a briefly trained tiny model answers only newlines, while near-initial
+        # weights give varied text (Chinese included), so equal answers really mean equal computations.
+        run(FAST + ["trainer.max_steps=2", "optimizer.lr=1e-7"], folder)
+        done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("serve") / RUN_NAME
-    # Barely trained on purpose: a briefly trained tiny model answers only newlines, while near-initial
-    # weights give varied text (Chinese included), so equal answers really mean equal computations.
-    run(FAST + ["trainer.max_steps=2", "optimizer.lr=1e-7"], folder)
-    return folder
+    return barely_trained_run(tmp_path_factory)
 
 
 @dataclass

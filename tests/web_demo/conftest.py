@@ -1,4 +1,5 @@
-"""A barely trained tiny run for the web demo (near-initial weights give varied replies)."""
+"""The barely trained tiny run of the server tests (near-initial weights give varied replies),
+trained once per session for both."""
 
 from __future__ import annotations
 
@@ -6,12 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from internlm.api import run
-from tests.conftest import FAST
+from tests.serve.conftest import barely_trained_run
 
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("web_demo") / "tiny-demo"
-    run(FAST + ["trainer.max_steps=2", "optimizer.lr=1e-7"], folder)
-    return folder
+    return barely_trained_run(tmp_path_factory)

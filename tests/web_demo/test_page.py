@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 import internlm
 from internlm.components.tokenizer.chat_template import render_chat, stop_ids
 from internlm.runtime.generation import generate
+from tests.serve.conftest import RUN_NAME
 
 
 def page(checkpoint: str) -> None:  # AppTest runs this function's body as the script
@@ -43,7 +44,7 @@ def set_controls(at: AppTest, max_length: int, temperature: float) -> None:
 
 def test_the_page_has_internlms_controls(app):
     assert not app.exception
-    assert app.title[0].value == "tiny-demo"
+    assert app.title[0].value == RUN_NAME  # the run folder's name
     assert [s.label for s in app.sidebar.slider] == ["Max Length", "Top P", "Temperature"]
     assert [s.value for s in app.sidebar.slider] == [2048, 0.8, 0.7]
     assert [b.label for b in app.sidebar.button] == ["Clear Chat History"]
