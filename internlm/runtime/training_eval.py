@@ -13,6 +13,7 @@ import logging
 
 import torch
 
+from internlm.components.eval.causal_lm import for_internlm_model
 from internlm.components.eval.config import EvalSuiteConfig
 from internlm.components.eval.runner import Dataset, load_suite, predict, predict_all_ranks, score
 from internlm.errors import ConfigError
@@ -30,11 +31,9 @@ class TrainingEval:
 
     @torch.no_grad()
     def run(self, model) -> dict[str, float]:
-        from internlm.inference.scoring import for_internlm
-
         module = getattr(model, "module", model)  # Fabric's wrapper forwards calls to this
         sharded = any(type(p).__name__ == "DTensor" for p in module.parameters())
-        lm = for_internlm("training", module, self.tokenizer, self.batch_tokens)
+        lm = for_internlm_model("training", module, self.tokenizer, self.batch_tokens)  # generation without the engine
         if sharded:  # the packed-prefix path calls submodules directly, past the shards' gathers
             lm.share_prefixes = False
         was_training = module.training

@@ -61,6 +61,7 @@ class Eval(Task):
             sources = self.sources(ctx)
             datasets = load_suite(suite)
             check_models(sources, datasets)
+            join_ranks(cfg)  # under torchrun: items split across the ranks, gathered on each
             columns = _column_names(sources)  # one per source, unique even when a source repeats
             records = {d.name: {} for d in datasets}
             for source, column in zip(sources, columns):
@@ -70,7 +71,7 @@ class Eval(Task):
                     records[dataset.name][column] = predict_all_ranks(dataset, lm)
                 del lm
             models = dict(zip(columns, sources))
-        return write_results(ctx.run_dir, datasets, models, records)
+        return write_results(ctx.run_dir, datasets, models, records, write=_rank() == 0)
 
     def sources(self, ctx: RunContext) -> list[str]:
         models = list(self.config.models) or ([ctx.config.checkpoint] if ctx.config.checkpoint else [])
@@ -116,11 +117,32 @@ def check_models(sources: list[str], datasets: list[Dataset]) -> None:
             )
 
 
+def join_ranks(cfg: EvalTaskConfig) -> None:
+    """A launch of several processes (torchrun: WORLD_SIZE, RANK, MASTER_ADDR set) joins one
+    process group: gloo on CPU, NCCL with one GPU per local rank."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    cuda = cfg.device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def open_model(source: str, cfg: EvalTaskConfig):
     from internlm.inference.scoring import for_hf, for_internlm
     from internlm.runtime.saved_run import load
 
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    if device == "cuda" and torch.distributed.is_available() and torch.distributed.is_initialized():
+        device = f"cuda:{torch.cuda.current_device()}"  # this rank's GPU
     dtype_name = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     if dtype_name not in ("float32", "bfloat16"):
         raise ConfigError(f"unknown dtype '{cfg.dtype}'", where="task.dtype", fix="use auto, float32 or bfloat16")
@@ -159,12 +181,14 @@ def read_predictions(run_dir: Path, datasets: list[Dataset]) -> tuple[dict[str, 
     return records, models
 
 
-def write_results(run_dir: Path, datasets: list[Dataset], models: dict[str, str], records) -> dict[str, Any]:
-    """models: column name -> source. Scores every (dataset, model), writes the four outputs."""
+def write_results(run_dir: Path, datasets: list[Dataset], models: dict[str, str], records, write: bool = True) -> dict[str, Any]:
+    """models: column name -> source. Scores every (dataset, model), writes the four outputs
+    (`write=False`: the other ranks of a multi-process run score alike and write nothing)."""
     columns = list(models)
     rows: list[Row] = []
     results: dict[str, Any] = {"models": dict(models), "datasets": {}}
-    (run_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    if write:
+        (run_dir / "predictions").mkdir(parents=True, exist_ok=True)
     for dataset in datasets:
         metrics_by_model: dict[str, dict[str, float]] = {}
         lines = []
@@ -174,15 +198,17 @@ def write_results(run_dir: Path, datasets: list[Dataset], models: dict[str, str]
             for record in model_records:
                 record["model"], record["version"] = column, dataset.version
                 lines.append(json.dumps(record, ensure_ascii=False))
-        _write_atomic(run_dir / "predictions" / f"{dataset.name}.jsonl", "\n".join(lines) + "\n")
+        if write:
+            _write_atomic(run_dir / "predictions" / f"{dataset.name}.jsonl", "\n".join(lines) + "\n")
         metric_names = list(dict.fromkeys(k for m in metrics_by_model.values() for k in m))
         for metric in metric_names:
             rows.append(Row(dataset.name, dataset.version, metric, dataset.evaluator.mode,
                             {c: metrics_by_model[c].get(metric) for c in columns}))
         results["datasets"][dataset.name] = {"version": dataset.version, "mode": dataset.evaluator.mode,
                                              "metrics": metrics_by_model}
-    table = to_text(rows, columns)
-    print(table, end="")
+    if not write:
+        return results
+    print(to_text(rows, columns), end="")
     _write_atomic(run_dir / "summary.md", to_markdown(rows, columns))
     _write_atomic(run_dir / "summary.csv", to_csv(rows, columns))
     _write_atomic(run_dir / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")

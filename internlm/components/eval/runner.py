@@ -3,6 +3,7 @@ touched, build prompts, predict (optionally one shard of the items per rank), sc
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from internlm.components.eval.loaders import LOADERS, PACKAGED
 from internlm.components.eval.prompts import chat_messages, continuations, render_plain, select_shots, version, with_labels
 from internlm.components.eval.protocol import LanguageModel, Prompted
 from internlm.errors import ConfigError, suggest
+
+log = logging.getLogger("internlm")
 
 
 @dataclass
@@ -136,6 +139,8 @@ def predict_all_ranks(dataset: Dataset, lm: LanguageModel) -> list[dict]:
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         rank, world = dist.get_rank(), dist.get_world_size()
+        log.info("rank %d of %d scores %d of the %d items of %s", rank, world, len(shard(len(dataset.items), rank, world)),
+                 len(dataset.items), dataset.name)
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, predict(dataset, lm, rank, world))
         return merge(gathered)

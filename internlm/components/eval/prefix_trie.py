@@ -91,7 +91,7 @@ def _subtree_ends(depth: Sequence[int]) -> list[int]:
 def tree_inputs(chunks: Sequence[Chunk], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """tokens [C, N], positions [C, N], mask [C, 1, N, N] (True: may attend) of chunks padded to
     the longest; a padding node attends to itself only."""
-    n = max(c.size for c in chunks)
+    n = -(-max(c.size for c in chunks) // 64) * 64  # a multiple of 64: the masked CUDA kernels want aligned rows
     tokens = torch.zeros(len(chunks), n, dtype=torch.long)
     positions = torch.zeros(len(chunks), n, dtype=torch.long)
     end = torch.arange(1, n + 1).repeat(len(chunks), 1)
@@ -112,7 +112,6 @@ def tree_inputs(chunks: Sequence[Chunk], device: torch.device) -> tuple[torch.Te
 def internlm_tree_forward(model) -> TreeForward:
     """Our Transformer, run from its own submodules (as the model's forward, with the tree mask
     and explicit positions in place of its document-causal kernel)."""
-    from internlm.components.model.fused_linear import project
     from internlm.components.model.rotary import apply_rotary
 
     @torch.no_grad()
@@ -122,7 +121,8 @@ def internlm_tree_forward(model) -> TreeForward:
         cos, sin = model.rotary.cos_sin(positions, x.dtype)
         for block in model.layers.values():
             attn = block.self_attn
-            q, k, v = project(block.input_layernorm(x), (attn.q_proj, attn.k_proj, attn.v_proj), attn.fused_projections)
+            h = block.input_layernorm(x)
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
             q = q.view(batch, seq, attn.num_heads, attn.head_dim)
             k = k.view(batch, seq, attn.num_kv_heads, attn.head_dim)
             v = v.view(batch, seq, attn.num_kv_heads, attn.head_dim)
