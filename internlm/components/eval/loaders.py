@@ -232,7 +232,7 @@ def load_commonsenseqa(folder: Path, split: str) -> Splits:
             items.append(Item(str(row.get("id", number)), {"question": _get(question, "stem", where, CSQA)}, "",
                               [c["text"] for c in choices], labels, labels.index(answer)))
         out[path.stem] = items
-    return _pick(out, split, folder)
+    return _pick(out, split, folder, CSQA)
 
 
 RACE = 'one JSON object per .txt: {"article", "questions": [...], "options": [[...]], "answers": [...]} in <split>/<level>/'
@@ -257,7 +257,7 @@ def load_race(folder: Path, split: str) -> Splits:
                 items.append(_four_choices(f"{path.parent.name}/{path.stem}:{i}", path.parent.name, question, opts, answer,
                                            where, RACE, article=_get(doc, "article", where, RACE)))
         out[split_dir.name] = items
-    return _pick(out, split, folder)
+    return _pick(out, split, folder, RACE)
 
 
 # --- FewCLUE: BUSTM and CLUEWSC --------------------------------------------------------------------
@@ -278,7 +278,7 @@ def load_bustm(folder: Path, split: str) -> Splits:
             fields = {k: _get(row, k, where, BUSTM) for k in ("sentence1", "sentence2")}
             items.append(Item(f"{path.stem}:{row.get('id', number)}", fields, "", ["0", "1"], ["0", "1"], int(label)))
         out[path.stem] = items
-    return _pick(out, split, folder)
+    return _pick(out, split, folder, BUSTM)
 
 
 CLUEWSC = 'JSON lines {"target": {"span1_text", "span2_text", ...}, "idx", "label": "true"|"false", "text"} in <split>.json'
@@ -299,7 +299,7 @@ def load_cluewsc(folder: Path, split: str) -> Splits:
                       "span2": _get(target, "span2_text", where, CLUEWSC)}
             items.append(Item(f"{path.stem}:{row.get('idx', number)}", fields, "", ["false", "true"], ["false", "true"], int(label == "true")))
         out[path.stem] = items
-    return _pick(out, split, folder)
+    return _pick(out, split, folder, CLUEWSC)
 
 
 # --- generative: GSM8K, MATH; code: HumanEval; text: bits per byte ---------------------------------
@@ -322,7 +322,7 @@ def load_gsm8k(folder: Path, split: str) -> Splits:
             items.append(Item(f"{path.stem}:{number}", {"question": _get(row, "question", where, GSM8K), "solution": solution},
                               gold=gsm8k_gold(answer)))
         out[path.stem] = items
-    return _pick(out, split, folder)
+    return _pick(out, split, folder, GSM8K)
 
 
 MATH = 'one JSON object {"problem", "level", "type", "solution"} per <split>/<type>/<n>.json'
@@ -347,7 +347,7 @@ def load_math(folder: Path, split: str) -> Splits:
             items.append(Item(f"{path.parent.name}/{path.stem}", {"problem": _get(doc, "problem", where, MATH), "solution": solution},
                               str(doc.get("type", path.parent.name)), gold=gold))
         out[split_dir.name] = items
-    return _pick(out, split, folder)
+    return _pick(out, split, folder, MATH)
 
 
 HUMANEVAL = 'JSON lines {"task_id", "prompt", "canonical_solution", "test", "entry_point"}'
@@ -393,7 +393,9 @@ def load_text(path: Path, split: str) -> Splits:
     return {split: items}
 
 
-def _pick(out: Splits, split: str, folder: Path) -> Splits:
+def _pick(out: Splits, split: str, folder: Path, layout: str) -> Splits:
     if split not in out:
-        raise ConfigError(f"no split '{split}' in {folder}", where="split", fix=f"choose one of {sorted(out) or '(none found)'}")
+        found = f" (found: {', '.join(sorted(out))})" if out else " (it holds none)"
+        raise ConfigError(f"no '{split}' split in {folder}: its file is missing{found}", where="task.eval.data_dir",
+                          fix=f"expected {layout}; or choose a split that exists with task.eval.datasets.<name>.split")
     return out

@@ -75,6 +75,17 @@ def test_missing_data_folder(tmp_path):
         load_suite(compose_suite("gsm8k", data_dir=tmp_path))
 
 
+def test_a_missing_file_in_an_existing_folder_is_named_with_the_layout(tmp_path):
+    folder = tmp_path / "gsm8k"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n')
+    with pytest.raises(ConfigError) as error:
+        load_suite(compose_suite("gsm8k", data_dir=tmp_path))
+    message = str(error.value)
+    assert f"no 'test' split in {folder}: its file is missing (found: train)" in message
+    assert "<split>.jsonl" in message  # the expected layout
+
+
 def test_a_file_in_the_wrong_layout_is_named_with_its_line(tmp_path):
     folder = tmp_path / "gsm8k"
     folder.mkdir()
