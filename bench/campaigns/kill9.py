@@ -38,11 +38,14 @@ RUN = [
 ]
 
 
+STRATEGY = ["strategy=ddp"]  # of the multi-process runs; --strategy fsdp for FSDP2
+
+
 def start(run_dir: Path, max_steps: int, resume: bool, devices: int = 1, global_batch: int = 4) -> subprocess.Popen:
     args = [sys.executable, "-m", "internlm", *RUN, f"data.global_batch_size={global_batch}",
             f"trainer.max_steps={max_steps}", f"hydra.run.dir={run_dir}"]
     if devices > 1:
-        args += ["trainer.accelerator=cpu", f"trainer.devices={devices}", "strategy=ddp"]
+        args += ["trainer.accelerator=cpu", f"trainer.devices={devices}", *STRATEGY]
     if resume:
         args.append("trainer.resume=auto")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -168,8 +171,10 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1, help="gloo processes of the killed run (DDP when > 1)")
     parser.add_argument("--resume-devices", type=int, default=None, help="world size of the last restart (default: --devices)")
     parser.add_argument("--rtol", type=float, default=1e-4, help="largest relative difference accepted at another world size")
+    parser.add_argument("--strategy", default="ddp", help="strategy of the multi-process runs (ddp, fsdp, hybrid_zero)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    STRATEGY[:] = [f"strategy={args.strategy}"]
     out = args.out or Path(f"bench/campaigns/kill9_results{'' if args.devices == 1 and not args.resume_devices else f'_{args.devices}to{args.resume_devices or args.devices}'}.json")
     with tempfile.TemporaryDirectory() as tmp:
         result = campaign(args.kills, args.seed, args.max_steps, Path(tmp), args.devices, args.resume_devices)

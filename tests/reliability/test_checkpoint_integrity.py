@@ -151,14 +151,23 @@ def test_a_target_outside_the_allowlist_is_refused(tmp_path, fast_overrides):
     assert "os.system" in info.value.render() and "allowed" in info.value.render()
 
 
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One short run whose checkpoints the tampering tests copy (training once, not per case)."""
+    folder = tmp_path_factory.mktemp("trained") / "run"
+    run(_steps(["data.seq_len=32", "data.global_batch_size=4", "trainer.val_every=0", "trainer.loggers=[]",
+                "trainer.sample_tokens=0", "trainer.progress_bar=false"]), folder)
+    return folder
+
+
 @pytest.mark.parametrize("tamper", ["target_in_section", "component_name"])
-def test_a_checkpoint_config_naming_code_outside_the_allowlist_is_refused_and_never_imported(tmp_path, fast_overrides, monkeypatch, tamper):
+def test_a_checkpoint_config_naming_code_outside_the_allowlist_is_refused_and_never_imported(tmp_path, trained_run, monkeypatch, tamper):
     import yaml
 
     import internlm
 
     monkeypatch.chdir(tmp_path)
-    run(_steps(fast_overrides), tmp_path / "run")
+    shutil.copytree(trained_run, tmp_path / "run")
     newest = complete_checkpoints(tmp_path / "run")[-1]
     if tamper == "target_in_section":  # Hydra's instantiate would call this; our readers must not
         saved = yaml.safe_load((newest / "config.yaml").read_text())
