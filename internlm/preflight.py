@@ -58,6 +58,13 @@ def check_key(cfg: DictConfig, key: str) -> None:
     node, walked = cfg, []
     for part in key.split("."):
         children = list(node.keys()) if isinstance(node, DictConfig) else []
+        if walked and not isinstance(node, DictConfig):
+            parent = ".".join(walked)
+            raise ConfigError(
+                f"unknown config key '{key}': {parent} is a value, not a section with fields",
+                where=parent,
+                fix=f"set it directly ({parent}=<value>), or check the spelling of '{key}'",
+            )
         if not isinstance(node, DictConfig) or part not in node:
             where = ".".join(walked) or "the root config"
             deeper = nested_paths(node, part, ".".join(walked)) if isinstance(node, DictConfig) else []

@@ -146,3 +146,14 @@ def test_a_single_path_or_glob_where_a_list_is_expected_is_that_list():
     assert list(compose(argv).task.input) == ["raw/*.jsonl"]
     assert list(compose(["data=text", "data.paths='my data/a b.jsonl'"]).data.paths) == ["my data/a b.jsonl"]
     assert list(compose(["data=text", "data.paths=[a.jsonl,b.jsonl]"]).data.paths) == ["a.jsonl", "b.jsonl"]
+
+
+def test_a_key_below_a_plain_value_says_so_instead_of_an_empty_field_list():
+    import pytest
+
+    from internlm.errors import ConfigError
+    from internlm.preflight import check_overrides
+
+    with pytest.raises(ConfigError) as info:
+        check_overrides(["trainer.max_steps.x=1"])
+    assert "trainer.max_steps is a value" in info.value.render() and "(none)" not in info.value.render()
