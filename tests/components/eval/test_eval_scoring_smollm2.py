@@ -97,7 +97,7 @@ def test_shared_prefixes_equal_unshared_scoring(smollm2):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-4) and a.is_greedy == b.is_greedy
 
 
-@pytest.mark.skipif(not os.environ.get("INTERNLM_SLOW_EVAL"), reason="~10 minutes on two CPU cores: set INTERNLM_SLOW_EVAL=1")
+@pytest.mark.skipif(not os.environ.get("INTERNLM_SLOW_EVAL"), reason="~5 minutes on two CPU cores: set INTERNLM_SLOW_EVAL=1")
 def test_mmlu_cloze_is_above_chance(smollm2):
     """300 random packaged MMLU questions (seed 0, eval.sample=300), zero-shot cloze, as
     `task=eval eval@task.eval=mmlu_cloze task.eval.sample=300` runs them (measured: acc 30.3%)."""
