@@ -103,5 +103,9 @@ def for_hf_model(name: str, model: Any, tokenizer: Any, batch_tokens: int = 1638
     device = next(model.parameters()).device
     from internlm.components.eval.prefix_trie import hf_tree_forward
 
+    # The packed-trie path hands the model a custom 4D mask: only eager and SDPA attention apply it
+    # as given (flash-attention and sliding-window kernels would not); others score each request alone.
+    masks_as_given = getattr(model.config, "_attn_implementation", "eager") in ("eager", "sdpa") and not getattr(
+        model.config, "sliding_window", None)
     return CausalLM(name, lambda ids: model(ids).logits, codec, device, min(max_length, 8192), batch_tokens,
-                    tree_forward=hf_tree_forward(model))
+                    tree_forward=hf_tree_forward(model) if masks_as_given else None)
