@@ -72,3 +72,15 @@ def test_an_async_save_is_committed_only_once_written(tmp_path):
     assert checkpoint.complete_checkpoints(tmp_path) == [final]
     written = checkpoint_state(final)["model"]
     assert all(torch.equal(written[name], saved[name]) for name in saved)
+
+
+def test_ddp_at_4_processes_resumes_bitwise(runs_dir):
+    """DDP re-buckets its gradients after the first step unless told not to; a resumed run's first
+    step would then reduce four ranks' values in another order than the uninterrupted run did at
+    that step (last-bit differences). `strategy.exact_resume` (default) keeps the first layout."""
+    straight = launch(runs_dir / "ddp4", "strategy=ddp", devices=4)
+    resumed = resume(runs_dir / "ddp4-resumed", runs_dir / "ddp4", "strategy=ddp", devices=4)
+    assert {s: resumed[s] for s in RESUMED} == {s: straight[s] for s in RESUMED}  # loss and grad norm, exactly
+    ours, theirs = checkpoint_state(step(runs_dir / "ddp4-resumed", 6)), checkpoint_state(step(runs_dir / "ddp4", 6))
+    for name, tensor in ours["model"].items():
+        assert torch.equal(tensor, theirs["model"][name]), name
