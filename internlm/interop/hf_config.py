@@ -199,12 +199,17 @@ def architecture_differences(model: TransformerConfig, checkpoint: TransformerCo
 
 def check_same_architecture(model: TransformerConfig, checkpoint: TransformerConfig, where: str) -> None:
     """Refuse weights made for another network (norm eps and RoPE base too, which shapes cannot show)."""
-    diffs = architecture_differences(model, checkpoint)
+    refuse_differences(architecture_differences(model, checkpoint), where)
+
+
+def refuse_differences(diffs: list, where: str, source: str = "") -> None:
+    """One message for (model field, configured value, checkpoint value) triples, with the overrides
+    that make the config match the checkpoint; nothing when there are none."""
     if diffs:
         listed = "; ".join(f"model.{key}: config {ours!r}, checkpoint {theirs!r}" for key, ours, theirs in diffs)
         overrides = " ".join(f"model.{key}={_override(theirs)}" for key, _, theirs in diffs)
         raise ConfigError(
-            f"the checkpoint's model differs from the configured one: {listed}",
+            f"the checkpoint's model{f' ({source})' if source else ''} differs from the configured one: {listed}",
             where=where,
             fix=f"set the checkpoint's values: {overrides}",
         )

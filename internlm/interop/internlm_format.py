@@ -37,6 +37,7 @@ import torch
 
 from internlm.components.model.transformer import TransformerConfig
 from internlm.errors import ConfigError
+from internlm.interop.hf_config import refuse_differences
 from internlm.interop.safetensors_io import load_torch_file
 from internlm.interop.staging import staged_folder
 
@@ -100,14 +101,7 @@ def check_model_config(folder: Path, config: TransformerConfig, where: str) -> N
     for theirs, ours, value in _saved_fields(saved, config):
         if value is not None and not _same(ours(config), value):
             diffs.append((theirs, ours(config), value))
-    if diffs:
-        listed = "; ".join(f"model.{key}: config {mine}, checkpoint {value}" for key, mine, value in diffs)
-        overrides = " ".join(f"model.{key}={value}" for key, _, value in diffs)
-        raise ConfigError(
-            f"the checkpoint's model ({path}) differs from the configured one: {listed}",
-            where=where,
-            fix=f"set the checkpoint's values: {overrides}",
-        )
+    refuse_differences(diffs, where, source=str(path))
 
 
 def _saved_fields(saved: Mapping, config: TransformerConfig) -> list:
