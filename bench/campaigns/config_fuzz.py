@@ -84,17 +84,23 @@ def check(line: list[str], workdir: Path) -> dict:
         [sys.executable, "-m", "internlm", *line, f"hydra.run.dir={run_dir}"],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
     )
-    problems = []
-    if result.returncode != 2:
-        problems.append(f"exit code {result.returncode}")
-    if "Traceback" in result.stderr:
-        problems.append("traceback")
-    if result.stderr.count("error:") != 1:
-        problems.append(f"{result.stderr.count('error:')} 'error:' lines")
+    problems = refusal_problems(result)
     written = [str(p.relative_to(workdir)) for p in workdir.rglob("*")]
     if written:
         problems.append(f"wrote {written[:3]}")
     return {"line": line, "problems": problems, "stderr": result.stderr[-600:]}
+
+
+def refusal_problems(result: subprocess.CompletedProcess, label: str = "") -> list[str]:
+    """What a refused command did wrong: anything but exit code 2 with one message and no traceback."""
+    problems = []
+    if result.returncode != 2:
+        problems.append(f"{label}exit code {result.returncode}")
+    if "Traceback" in result.stderr:
+        problems.append(f"{label}traceback")
+    if result.stderr.count("error:") != 1:
+        problems.append(f"{label}{result.stderr.count('error:')} 'error:' lines")
+    return problems
 
 
 def campaign(count: int, seed: int) -> list[dict]:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.campaigns.config_fuzz import refusal_problems
+
 WORDS = "the king queen love night day sword crown river moon 春 花 月 夜 山 水".split()
 HUGE_CHARS = 10_000_001  # one over prepare_data's default task.max_chars
 
@@ -175,13 +177,7 @@ def check_cli(case: Case, workdir: Path) -> list[str]:
          "task.workers=1", "task.progress=false", f"hydra.run.dir={run_dir}"],
         cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=300,
     )
-    problems = []
-    if result.returncode != 2:
-        problems.append(f"cli: exit code {result.returncode}")
-    if "Traceback" in result.stderr:
-        problems.append("cli: traceback")
-    if result.stderr.count("error:") != 1:
-        problems.append(f"cli: {result.stderr.count('error:')} 'error:' lines")
+    problems = refusal_problems(result, label="cli: ")
     if f"{case.name}:{case.line}" not in result.stderr:
         problems.append(f"cli: message does not name {case.name}:{case.line}")
     written = sorted(p.name for p in workdir.iterdir() if p.name != case.name)
