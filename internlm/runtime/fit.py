@@ -20,6 +20,7 @@ import torch
 from internlm.batch import Batch
 from internlm.components.objective.base import Objective
 from internlm.runtime import checkpoint, faults, training_eval
+from internlm.runtime.assembly import use_compile
 from internlm.runtime.console import Console
 from internlm.runtime.generation import generate
 from internlm.runtime.health import Health
@@ -98,7 +99,8 @@ def _fit(ctx, objective: Objective | None) -> dict:
         if step == start_step:  # compilation and warm-up land here: a warm compile cache shows
             metrics["perf/first_step_s"] = seconds
             if fabric.is_global_zero:
-                log.info("first step took %.1f s (compile cache: %s)", seconds, os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default"))
+                cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default")
+                log.info("first step took %.1f s%s", seconds, f" (compile cache: {cache})" if use_compile(ctx.config, plan) else "")
         metrics |= {f"train/{name}": value for name, value in step_metrics.items()}
         metrics |= {f"perf/{k}": v for k, v in speed(ctx, seconds).items()}
         metrics |= loader.metrics()  # data/epoch, data/mix/<source> for mixtures
