@@ -279,12 +279,18 @@ def save(
         tmp.mkdir(parents=True)
     fabric.barrier()
     failure: BaseException | None = None
+    injected: OSError | None = None  # an async save's injected fault, raised when its write is collected
     try:
         tensors, extras = split_state(state)
         if fabric.is_global_zero:
             torch.save(extras | {RNG_KEY: rng_state()}, tmp / EXTRAS)
             (tmp / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))
-        faults.during_checkpoint_write(config, step, getattr(fabric, "global_rank", 0))
+        try:
+            faults.during_checkpoint_write(config, step, getattr(fabric, "global_rank", 0))
+        except OSError as exc:
+            if not async_save:
+                raise
+            injected = exc
     except OSError as exc:
         failure = exc
     # Every rank learns whether any rank failed before the collective DCP write starts: a rank that
@@ -299,6 +305,8 @@ def save(
     try:
         if async_save:
             future = dcp.async_save(tensors, checkpoint_id=tmp / STATE, process_group=_async_process_group(), no_dist=not _distributed())
+            if injected is not None:
+                future = faults.FailWhenCollected(future, injected)
             _PENDING.append(_PendingSave(future, commit, tmp, step))
             return final
         with _single_process_quiet():
@@ -326,7 +334,7 @@ def _ranks_that_failed(failed: bool) -> list[int]:
     return [rank for rank, flag in enumerate(flags.tolist()) if flag]
 
 
-def _write_failed(tmp: Path, step: int, run_dir: Path, exc: BaseException) -> None:
+def _write_failed(tmp: Path, step: int, run_dir: Path, exc: BaseException, background: bool = False) -> None:
     """Drop the partial folder (the previous checkpoints are untouched) and stop with one message.
     Every rank stops (they agreed on the failure); rank 0 removes the folder."""
     if not _distributed() or _global_rank() == 0:
@@ -334,7 +342,7 @@ def _write_failed(tmp: Path, step: int, run_dir: Path, exc: BaseException) -> No
     previous = complete_checkpoints(run_dir)
     kept = f"the newest checkpoint, {previous[-1]}, is intact" if previous else "no earlier checkpoint exists"
     raise ConfigError(
-        f"writing checkpoint {step} failed ({exc}); its partial files were removed and {kept}",
+        f"writing checkpoint {step} failed{' in the background' if background else ''} ({exc}); its partial files were removed and {kept}",
         where=str(checkpoint_root(run_dir)),
         fix="free disk space or fix the file system, then continue with trainer.resume=auto",
     ) from exc
@@ -421,7 +429,8 @@ def wait_for_pending() -> None:
         failed_ranks = _ranks_that_failed(failure is not None)
         if failed_ranks:
             run_dir = pending.tmp.parent.parent
-            _write_failed(pending.tmp, pending.step, run_dir, failure or OSError(f"rank {failed_ranks[0]} could not write its part"))
+            _write_failed(pending.tmp, pending.step, run_dir, failure or OSError(f"rank {failed_ranks[0]} could not write its part"),
+                          background=True)
         if pending.commit is not None:
             pending.commit()
 

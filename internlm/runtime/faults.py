@@ -38,3 +38,15 @@ def during_checkpoint_write(config: Any, step: int, rank: int = 0) -> None:
     only = getattr(debug, "fail_checkpoint_rank", None)
     if debug.fail_checkpoint_at_step is not None and int(debug.fail_checkpoint_at_step) == step and only in (None, rank):
         raise OSError(errno.EIO, f"injected I/O error on rank {rank} while writing checkpoint {step} (debug.fail_checkpoint_at_step)")
+
+
+class FailWhenCollected:
+    """An asynchronous write whose injected error surfaces where a real background failure does:
+    when the write's result is collected (after its files were written)."""
+
+    def __init__(self, future: Any, error: OSError):
+        self.future, self.error = future, error
+
+    def result(self) -> None:
+        self.future.result()
+        raise self.error

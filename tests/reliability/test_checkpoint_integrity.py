@@ -194,19 +194,24 @@ TWO_RANKS = ["data.seq_len=32", "data.global_batch_size=8", "trainer.max_steps=4
              "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.devices=2", "strategy=ddp"]
 
 
-def test_a_failed_write_on_one_rank_of_two_stops_every_rank_and_keeps_the_previous_checkpoint(tmp_path):
-    """Rank 1 alone hits an I/O error writing checkpoint 4: both ranks agree before the collective
-    write, neither waits for the other, step 2 stays whole and nothing of step 4 is committed."""
+@pytest.mark.parametrize("writer", ["sync", "async"])
+def test_a_failed_write_on_one_rank_of_two_stops_every_rank_and_keeps_the_previous_checkpoint(tmp_path, writer):
+    """Rank 1 alone hits an I/O error writing checkpoint 4: both ranks agree (before the collective
+    write; for a background write, before its commit), neither waits for the other, step 2 stays
+    whole and nothing of step 4 is committed."""
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "internlm", *TWO_RANKS,
+    command = [sys.executable, "-m", "internlm", *TWO_RANKS, f"trainer.async_checkpoint={writer == 'async'}",
                "debug.fail_checkpoint_at_step=4", "debug.fail_checkpoint_rank=1", f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # a background write's failure is found where its result is collected, before its commit
+    expected = f"writing checkpoint 4 failed{' in the background' if writer == 'async' else ''} ("
     for attempt in (1, 2):  # a gloo launch rarely aborts while connecting: retried once
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-        if "writing checkpoint 4 failed" in result.stderr:
+        if expected in result.stderr:
             break
         shutil.rmtree(run_dir, ignore_errors=True)
     assert result.returncode == 2, result.stderr[-3000:]
+    assert expected in result.stderr, result.stderr[-3000:]
     assert "rank 1" in result.stderr and "step-00000002, is intact" in result.stderr and "Traceback" not in result.stderr
     assert [p.name for p in complete_checkpoints(run_dir)] == ["step-00000002"]
     assert checkpoint.damage(complete_checkpoints(run_dir)[0]) is None
