@@ -285,12 +285,9 @@ def save(
         if fabric.is_global_zero:
             torch.save(extras | {RNG_KEY: rng_state()}, tmp / EXTRAS)
             (tmp / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))
-        try:
-            faults.during_checkpoint_write(config, step, getattr(fabric, "global_rank", 0))
-        except OSError as exc:
-            if not async_save:
-                raise
-            injected = exc
+        injected = faults.during_checkpoint_write(config, step, getattr(fabric, "global_rank", 0))
+        if injected is not None and not async_save:
+            raise injected
     except OSError as exc:
         failure = exc
     # Every rank learns whether any rank failed before the collective DCP write starts: a rank that

@@ -27,17 +27,19 @@ def nan_factor(config: Any, step: int) -> float | None:
     return None
 
 
-def during_checkpoint_write(config: Any, step: int, rank: int = 0) -> None:
-    """Called inside a checkpoint write, after its first file: sleep and/or fail as configured
-    (on every rank, or on debug.fail_checkpoint_rank only)."""
+def during_checkpoint_write(config: Any, step: int, rank: int = 0) -> OSError | None:
+    """Called inside a checkpoint write, after its first file: sleeps as configured and returns the
+    injected I/O error for this step (on every rank, or on debug.fail_checkpoint_rank only), if any.
+    The caller raises it where that write's real failure would surface."""
     debug = _debug(config)
     if debug is None:
-        return
+        return None
     if debug.slow_checkpoint_s:
         time.sleep(float(debug.slow_checkpoint_s))
     only = getattr(debug, "fail_checkpoint_rank", None)
     if debug.fail_checkpoint_at_step is not None and int(debug.fail_checkpoint_at_step) == step and only in (None, rank):
-        raise OSError(errno.EIO, f"injected I/O error on rank {rank} while writing checkpoint {step} (debug.fail_checkpoint_at_step)")
+        return OSError(errno.EIO, f"injected I/O error on rank {rank} while writing checkpoint {step} (debug.fail_checkpoint_at_step)")
+    return None
 
 
 class FailWhenCollected:
