@@ -238,6 +238,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, 3 steps per rung")
     parser.add_argument("--only", choices=["sft", "dpo", "all"], default="all")
     parser.add_argument("--no-trl", action="store_true")
+    parser.add_argument("--rungs", default=None, help="comma-separated 1-based positions in RUNGS to run (default: all that --only keeps)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per rung (default 5; smoke 3)")
     parser.add_argument("--warmup", type=int, default=None, help="first steps left out of the timing (default 2; smoke 1)")
     parser.add_argument("--seq-len", type=int, default=None, help="row length (a pair per row; default 2048; smoke 128)")
@@ -268,8 +269,11 @@ def main() -> None:
         base += ["trainer.accelerator=cpu"]
     heads = {"sft": ["+experiment=tiny_sft", f"data.paths=[{chats}]"], "dpo": ["+experiment=tiny_dpo", f"data.paths=[{pairs}]"]}
     results = []
+    chosen = {int(r) for r in args.rungs.split(",")} if args.rungs else None
     for i, (kind, name, extra) in enumerate(RUNGS):
         if args.only not in ("all", "dpo" if kind == "trl" else kind) or (kind == "trl" and args.no_trl):
+            continue
+        if chosen is not None and i + 1 not in chosen:
             continue
         if time.time() - started > args.budget:
             row = {"kind": kind, "rung": name, "status": "skipped: time budget spent"}
