@@ -12,7 +12,7 @@ See docs/inference.md.
 
 from internlm.inference.engine import Engine
 from internlm.inference.loading import load_engine, load_model
-from internlm.inference.params import SamplingParams
+from internlm.sampling import SamplingParams
 from internlm.inference.request import Completion, Delta, RequestHandle
 
 __all__ = ["Completion", "Delta", "Engine", "RequestHandle", "SamplingParams", "load_engine", "load_model"]

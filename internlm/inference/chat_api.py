@@ -19,7 +19,7 @@ from torch import nn
 
 from internlm.components.tokenizer.chat_template import encode_chat_prompt, stop_ids
 from internlm.inference.engine import Engine
-from internlm.inference.params import SamplingParams
+from internlm.sampling import SamplingParams
 from internlm.runtime.saved_run import load as load_saved
 
 History = list[tuple[str, str]]

@@ -30,7 +30,7 @@ from internlm.errors import ConfigError
 from internlm.inference import cached_forward
 from internlm.inference.decode_runner import DecodeRunner
 from internlm.inference.kv_cache import KVCache, cache_bytes, check_fits
-from internlm.inference.params import SamplingParams
+from internlm.sampling import SamplingParams
 from internlm.inference.request import Completion, Delta, Request, RequestHandle
 
 log = logging.getLogger(__name__)

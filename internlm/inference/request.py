@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from internlm.inference.detokenize import IncrementalDecoder
-from internlm.inference.params import SamplingParams
-from internlm.inference.sampling import next_token, request_generator
+from internlm.sampling import SamplingParams, next_token, request_generator
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def for_internlm(name: str, model: torch.nn.Module, tokenizer: Any, batch_tokens
 
     def engine_generate(prompts: list[list[int]], request: GenerationRequest, stop_ids: tuple[int, ...]) -> list[str]:
         from internlm.inference.engine import Engine
-        from internlm.inference.params import SamplingParams
+        from internlm.sampling import SamplingParams
 
         if not engine:
             engine.append(Engine(model, tokenizer, name, max_context=min(max_positions(model), 4096), max_batch=16))

@@ -1,25 +1,16 @@
-"""Token-by-token decoding: greedy, or temperature + nucleus (top-p) sampling.
+"""Token-by-token decoding for training-time samples: greedy, or temperature + nucleus (top-p).
 
-Recomputes the whole prefix at every step (no KV cache): simple and exact, fine for the short
-samples of training runs and the reference some tests compare against. Everything else (generate,
-chat, serve, web demo, eval) runs on the cached engine in `internlm.inference`.
+Recomputes the whole prefix at every step (no KV cache, `internlm.sampling.uncached_tokens`):
+simple and exact, fine for the short samples of training runs and the reference some tests compare
+against. Everything else (generate, chat, serve, web demo, eval) runs on the cached engine in
+`internlm.inference`.
 """
 
 from __future__ import annotations
 
 import torch
 
-
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
-    """One token id from the last position's logits [vocab]; temperature 0 means greedy."""
-    if temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    sorted_probs, order = torch.sort(probs, descending=True)
-    keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p  # smallest set with mass >= top_p
-    sorted_probs = sorted_probs * keep
-    choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
-    return int(order[choice])
+from internlm.sampling import SamplingParams, uncached_tokens
 
 
 @torch.no_grad()
@@ -34,22 +25,15 @@ def generate(
     max_context: int | None = None,
     seed: int | None = None,
 ) -> list[int]:
-    """The new token ids (without the prompt), stopping after a stop id or max_new_tokens."""
+    """The new token ids (without the prompt), ending with a stop id or after max_new_tokens.
+    Sampling draws from a CPU generator seeded with `seed`, or from torch's global one when None."""
     device = next(model.parameters()).device
     generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
-    ids = list(prompt_ids)
-    new: list[int] = []
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            stop_ids=tuple(stop_ids), do_sample=temperature > 0)
     was_training = model.training
     model.eval()
     try:
-        for _ in range(max_new_tokens):
-            context = ids[-max_context:] if max_context else ids
-            logits = model(torch.tensor([context], device=device))[0, -1]
-            token = sample_next(logits.cpu(), temperature, top_p, generator)
-            ids.append(token)
-            new.append(token)
-            if token in stop_ids:
-                break
+        return list(uncached_tokens(model, prompt_ids, params, generator, device=device, max_context=max_context))
     finally:
         model.train(was_training)
-    return new

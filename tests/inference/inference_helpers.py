@@ -8,8 +8,7 @@ from internlm.components.model.attention import AttentionConfig
 from internlm.components.model.mlp import MLPConfig
 from internlm.components.model.rotary import RotaryConfig
 from internlm.components.model.transformer import Transformer, TransformerConfig
-from internlm.inference.params import SamplingParams
-from internlm.inference.sampling import next_token, request_generator
+from internlm.sampling import SamplingParams, request_generator, uncached_tokens
 
 
 def random_model(seed: int = 0, dtype: torch.dtype = torch.float64, num_kv_heads: int | None = 2) -> Transformer:
@@ -33,14 +32,4 @@ def random_model(seed: int = 0, dtype: torch.dtype = torch.float64, num_kv_heads
 @torch.no_grad()
 def uncached(model, prompt: list[int], params: SamplingParams) -> list[int]:
     """Recompute the whole sequence for every token (the model's own forward, no cache)."""
-    generator = request_generator(params, torch.device("cpu"))
-    ids, new = list(prompt), []
-    for _ in range(params.max_new_tokens):
-        logits = model(torch.tensor([ids]))[0, -1]
-        seen = torch.tensor(ids) if params.repetition_penalty != 1.0 else None
-        token = next_token(logits, params, seen, generator)
-        ids.append(token)
-        new.append(token)
-        if token in params.stop_ids:
-            break
-    return new
+    return list(uncached_tokens(model, prompt, params, request_generator(params, torch.device("cpu"))))

@@ -16,6 +16,7 @@ import torch
 
 from internlm.components.eval.protocol import GenerationRequest, Loglikelihood
 from internlm.errors import ConfigError
+from internlm.sampling import SamplingParams, uncached_tokens
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # input ids [B, S] -> logits [B, S, V]
 # (prompts' token ids, their shared sampling settings, stop ids) -> completions, decoded together
@@ -209,16 +210,17 @@ class CausalLM:
     @torch.no_grad()
     def _generate_one(self, request: GenerationRequest) -> str:
         """Token by token over the full prefix (no KV cache): exact and simple; the inference
-        engine's cached decoding replaces it for long generations."""
+        engine's cached decoding replaces it for long generations. The stop token is not part of
+        the text; the text is cut before the first stop string."""
         codec = self.codec
         ids = self._prefix() + codec.encode(request.prompt)
-        generator = torch.Generator().manual_seed(request.seed) if request.temperature > 0 else None
+        sampled = request.temperature > 0
+        params = SamplingParams(max_new_tokens=request.max_new_tokens, temperature=request.temperature,
+                                top_p=request.top_p, stop_ids=tuple(codec.stop_ids), do_sample=sampled)
+        generator = torch.Generator().manual_seed(request.seed) if sampled else None
         new: list[int] = []
         text = ""
-        for _ in range(request.max_new_tokens):
-            context = (ids + new)[-self.max_length :]
-            logits = self.forward(torch.tensor([context], device=self.device))[0, -1].float().cpu()
-            token = _pick(logits, request.temperature, request.top_p, generator)
+        for token in uncached_tokens(self.forward, ids, params, generator, device=self.device, max_context=self.max_length):
             if token in codec.stop_ids:
                 break
             new.append(token)
@@ -267,18 +269,6 @@ def _loglikelihood(logits: torch.Tensor, target: list[int]) -> Loglikelihood:
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:
     found = [text.find(s) for s in stops if s and s in text]
     return min(found) if found else None
-
-
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
-    if temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / temperature, dim=-1)
-    ordered, order = torch.sort(probs, descending=True)
-    keep = torch.cumsum(ordered, -1) - ordered < top_p
-    ordered = ordered * keep
-    return int(order[torch.multinomial(ordered / ordered.sum(), 1, generator=generator)])
-
-
 
 
 def for_internlm_model(name: str, model: torch.nn.Module, tokenizer: Any, batch_tokens: int = 16384,
