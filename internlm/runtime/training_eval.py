@@ -16,6 +16,7 @@ import torch
 from internlm.components.eval.causal_lm import for_internlm_model
 from internlm.components.eval.config import EvalSuiteConfig
 from internlm.components.eval.runner import Dataset, load_suite, predict, predict_all_ranks, score
+from internlm.components.tokenizer.chat_template import has_chat_markers
 from internlm.errors import ConfigError
 
 log = logging.getLogger("internlm")
@@ -62,14 +63,8 @@ def prepare(config, tokenizer) -> TrainingEval | None:
                           fix="add eval=<suite or dataset of conf/eval/> (e.g. eval=mmlu eval.limit=100), or trainer.eval_every=0")
     datasets = load_suite(suite)
     chat = [d.name for d in datasets if d.chat]
-    if chat and not _has_chat_markers(tokenizer):
+    if chat and not has_chat_markers(tokenizer):
         raise ConfigError(f"{', '.join(chat)} use(s) the chat template, the model's tokenizer has none", where="eval",
                           fix="choose a base suite (eval=base_suite), or set chat: false for those datasets")
     log.info("evaluating %s every %d steps", ", ".join(f"{d.name} ({len(d.items)} items)" for d in datasets), every)
     return TrainingEval(datasets, every, config.trainer.max_steps, tokenizer)
-
-
-def _has_chat_markers(tokenizer) -> bool:
-    from internlm.components.tokenizer.chat_template import CHAT_MARKERS
-
-    return all(tokenizer.token_to_id(m) is not None for m in CHAT_MARKERS if m != "<|System|>")

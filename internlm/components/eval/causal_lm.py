@@ -275,9 +275,9 @@ def for_internlm_model(name: str, model: torch.nn.Module, tokenizer: Any, batch_
                        engine_generate: EngineGenerate | None = None) -> CausalLM:
     """Our model and sentencepiece tokenizer (BOS in front, as it was trained)."""
     from internlm.components.eval.prefix_trie import internlm_tree_forward
-    from internlm.components.tokenizer.chat_template import CHAT_MARKERS, render_chat, stop_ids
+    from internlm.components.tokenizer.chat_template import has_chat_markers, render_chat, stop_ids
 
-    has_markers = all(tokenizer.token_to_id(m) is not None for m in CHAT_MARKERS if m != "<|System|>")
+    has_markers = has_chat_markers(tokenizer)
     codec = TextCodec(
         encode=lambda text: tokenizer.encode(text),
         decode=tokenizer.decode,

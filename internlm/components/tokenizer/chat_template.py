@@ -182,6 +182,12 @@ def _merged(segments: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
     return merged
 
 
+def has_chat_markers(tokenizer: ChatTokenizer) -> bool:
+    """True when the tokenizer knows the chat markers as tokens, so chat text encodes as trained
+    (the system marker is not required: InternLM v0.2 had no system turn)."""
+    return all(tokenizer.token_to_id(marker) is not None for marker in CHAT_MARKERS if marker != SYSTEM)
+
+
 def stop_ids(tokenizer: ChatTokenizer) -> list[int]:
     """Ids that end a chat response: EOS and, when it is one token, ``<eoa>``."""
     ids = [tokenizer.eos_id, tokenizer.token_to_id(END_OF_ASSISTANT)]
