@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 import internlm.tasks  # noqa: F401  (registers every task and component)
 from internlm import registry
 from internlm.components.model import attention_backends
+from internlm.components.tokenizer.chat_template import has_chat_markers
 from internlm.config import RootConfig
 from internlm.launch.slurm_layout import check_slurm_layout
 from internlm.planning import Facts, compile_plan, to_typed, write_plan
@@ -39,6 +40,7 @@ def probe_facts(tokenizer=None) -> Facts:
         capability=torch.cuda.get_device_capability() if cuda else None,
         attention=attention,
         tokenizer_vocab=tokenizer.vocab_size if tokenizer is not None else None,
+        tokenizer_chat_markers=has_chat_markers(tokenizer) if tokenizer is not None else None,
         device_memory_gib=device_memory_gib(cuda),
     )
 

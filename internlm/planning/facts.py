@@ -17,4 +17,5 @@ class Facts:
     # accelerator ("cpu" | "cuda") -> attention backend -> None if usable there, else why not
     attention: dict[str, dict[str, str | None]] = field(default_factory=dict)
     tokenizer_vocab: int | None = None  # the configured tokenizer's vocabulary, when the task uses one
+    tokenizer_chat_markers: bool | None = None  # whether it knows InternLM's chat markers; None = not probed
     device_memory_gib: dict[str, float] = field(default_factory=dict)  # accelerator -> memory of one device

@@ -20,6 +20,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from internlm import registry
+from internlm.components.eval.config import EvalSuiteConfig
 from internlm.components.model import attention_backends
 from internlm.components.model.matmul_precision import check_matmul
 from internlm.components.strategy.base import ParallelLayout
@@ -231,6 +232,7 @@ def compile_plan(cfg: RootConfig, facts: Facts, strategy, scheduler=None, trains
     )
     plan.warnings = advisories(cfg, plan.parameters)
     if trains:
+        check_training_eval(cfg, facts)
         # a frozen DPO reference is a second copy of the base model, without adapters
         reference = base if getattr(cfg.task, "reference", None) == "frozen" else 0
         add_training_plan(plan, cfg, scheduler, reference)
@@ -241,6 +243,24 @@ def compile_plan(cfg: RootConfig, facts: Facts, strategy, scheduler=None, trains
                 raise
             plan.warnings.append(f"on this machine: {exc.what}")
     return plan
+
+
+def check_training_eval(cfg: RootConfig, facts: Facts) -> None:
+    """trainer.eval_every and the suite it scores during training, from the config and the probed
+    tokenizer alone. The suite's files are read when training starts (compile opens no data file)."""
+    every = cfg.trainer.eval_every
+    if every < 0:
+        raise ConfigError(f"trainer.eval_every={every}", where="trainer.eval_every", fix="0 (never) or a number of steps")
+    if not every:
+        return
+    suite = getattr(cfg, "eval", None)
+    if not isinstance(suite, EvalSuiteConfig) or not suite.datasets:
+        raise ConfigError("trainer.eval_every is set but no evaluation suite is chosen", where="eval",
+                          fix="add eval=<suite or dataset of conf/eval/> (e.g. eval=mmlu eval.limit=100), or trainer.eval_every=0")
+    chat = [name for name, dataset in suite.datasets.items() if (dataset.chat if suite.chat is None else suite.chat)]
+    if chat and facts.tokenizer_chat_markers is False:
+        raise ConfigError(f"{', '.join(chat)} use(s) the chat template, the model's tokenizer has none", where="eval",
+                          fix="choose a base suite (eval=base_suite), or set chat: false for those datasets")
 
 
 def add_training_plan(plan: Plan, cfg: RootConfig, scheduler, reference_parameters: int = 0) -> None:

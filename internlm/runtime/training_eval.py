@@ -14,10 +14,7 @@ import logging
 import torch
 
 from internlm.components.eval.causal_lm import for_internlm_model
-from internlm.components.eval.config import EvalSuiteConfig
 from internlm.components.eval.runner import Dataset, load_suite, predict, predict_all_ranks, score
-from internlm.components.tokenizer.chat_template import has_chat_markers
-from internlm.errors import ConfigError
 
 log = logging.getLogger("internlm")
 
@@ -51,20 +48,11 @@ class TrainingEval:
 
 
 def prepare(config, tokenizer) -> TrainingEval | None:
-    """None unless trainer.eval_every is set; then the suite, loaded and checked now."""
+    """None unless trainer.eval_every is set; then the suite, loaded and checked now (its settings
+    were checked by compile: planning.plan.check_training_eval)."""
     every = config.trainer.eval_every
-    if every < 0:
-        raise ConfigError(f"trainer.eval_every={every}", where="trainer.eval_every", fix="0 (never) or a number of steps")
     if not every:
         return None
-    suite = getattr(config, "eval", None)
-    if not isinstance(suite, EvalSuiteConfig) or not suite.datasets:
-        raise ConfigError("trainer.eval_every is set but no evaluation suite is chosen", where="eval",
-                          fix="add eval=<suite or dataset of conf/eval/> (e.g. eval=mmlu eval.limit=100), or trainer.eval_every=0")
-    datasets = load_suite(suite)
-    chat = [d.name for d in datasets if d.chat]
-    if chat and not has_chat_markers(tokenizer):
-        raise ConfigError(f"{', '.join(chat)} use(s) the chat template, the model's tokenizer has none", where="eval",
-                          fix="choose a base suite (eval=base_suite), or set chat: false for those datasets")
+    datasets = load_suite(config.eval)
     log.info("evaluating %s every %d steps", ", ".join(f"{d.name} ({len(d.items)} items)" for d in datasets), every)
     return TrainingEval(datasets, every, config.trainer.max_steps, tokenizer)

@@ -124,6 +124,54 @@ def test_compile_decides_from_the_facts_alone():
     assert "no usable CUDA device" in info.value.render()
 
 
+NO_CHAT_MARKERS = Facts(attention={"cpu": {}}, tokenizer_chat_markers=False)
+WITH_CHAT_MARKERS = Facts(attention={"cpu": {}}, tokenizer_chat_markers=True)
+
+
+@pytest.mark.parametrize(
+    "overrides,facts,message",
+    [
+        (["trainer.eval_every=-1"], CPU_ONLY, r"trainer.eval_every=-1"),
+        (["trainer.eval_every=2"], CPU_ONLY, "no evaluation suite is chosen"),
+        (["trainer.eval_every=2", "eval=cluewsc", "eval.datasets.cluewsc.chat=true"], NO_CHAT_MARKERS,
+         r"cluewsc use\(s\) the chat template, the model's tokenizer has none"),
+        (["trainer.eval_every=2", "eval=chat_suite"], NO_CHAT_MARKERS, r"ceval, mmlu, .*race use\(s\) the chat template"),
+    ],
+    ids=["negative", "no_suite", "chat_dataset", "chat_suite"],
+)
+def test_training_eval_settings_are_refused_at_compile(overrides, facts, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_for(*overrides, facts=facts)
+
+
+def test_training_eval_settings_that_compile():
+    plan_for("trainer.eval_every=0")  # off: no suite needed
+    plan_for("trainer.eval_every=2", "eval=cluewsc", facts=NO_CHAT_MARKERS)  # a base dataset needs no markers
+    plan_for("trainer.eval_every=2", "eval=chat_suite", "eval.chat=false", facts=NO_CHAT_MARKERS)  # the suite's override wins
+    plan_for("trainer.eval_every=2", "eval=chat_suite", facts=WITH_CHAT_MARKERS)
+
+
+def test_a_bad_eval_every_stops_the_run_before_the_plan_is_written(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.eval_every=-1"):
+        run(["trainer.eval_every=-1"], tmp_path)
+    assert not (tmp_path / "plan.yaml").exists()  # compile refused it: no model, no plan, no step
+
+
+def test_the_tokenizers_chat_markers_are_probed_once_as_a_fact():
+    from internlm.program import probe_facts
+
+    class NoMarkers:
+        vocab_size = 10
+
+        def token_to_id(self, piece):
+            return None if piece.startswith("<|") else 3
+
+    bundled = registry.build(to_typed(compose([])).tokenizer)
+    assert probe_facts(bundled).tokenizer_chat_markers is True
+    assert probe_facts(NoMarkers()).tokenizer_chat_markers is False
+    assert probe_facts().tokenizer_chat_markers is None  # no tokenizer: compile cannot refuse on it
+
+
 def test_a_task_that_does_not_train_is_not_checked_against_the_batch():
     config = to_typed(compose(["data.global_batch_size=7", "trainer.devices=2", "strategy=ddp"]))
     plan = compile_plan(config, CPU_ONLY, registry.build(config.strategy), trains=False)
