@@ -16,7 +16,16 @@ import torch
 from internlm.components.eval.causal_lm import for_internlm_model
 from internlm.components.eval.runner import Dataset, load_suite, predict, predict_all_ranks, score
 
+try:  # a torch built without distributed has no DTensor, so no sharded model either
+    from torch.distributed.tensor import DTensor
+except ImportError:
+    DTensor = None
+
 log = logging.getLogger("internlm")
+
+
+def is_dtensor(tensor: torch.Tensor) -> bool:
+    return DTensor is not None and isinstance(tensor, DTensor)
 
 
 class TrainingEval:
@@ -30,7 +39,7 @@ class TrainingEval:
     @torch.no_grad()
     def run(self, model) -> dict[str, float]:
         module = getattr(model, "module", model)  # Fabric's wrapper forwards calls to this
-        sharded = any(type(p).__name__ == "DTensor" for p in module.parameters())
+        sharded = any(is_dtensor(p) for p in module.parameters())
         lm = for_internlm_model("training", module, self.tokenizer, self.batch_tokens)  # generation without the engine
         if sharded:  # the packed-prefix path calls submodules directly, past the shards' gathers
             lm.share_prefixes = False
