@@ -35,11 +35,17 @@ class Batch:
     pair_keys: torch.Tensor | None = None  # [P] int64: each pair's index in the dataset (reference log-prob cache)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        moved = {
-            f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
-            for f in fields(self)
-            for v in [getattr(self, f.name)]
-        }
+        """The batch on `device`. With non_blocking, host tensors bound for a GPU are pinned first:
+        a copy from pageable memory would wait for all work queued on the GPU (the previous
+        optimizer step) before it starts, leaving the GPU idle while the host catches up."""
+        pin = non_blocking and torch.device(device).type == "cuda"
+
+        def move(value: torch.Tensor) -> torch.Tensor:
+            if pin and value.device.type == "cpu":
+                value = value.pin_memory()
+            return value.to(device, non_blocking=non_blocking)
+
+        moved = {f.name: (move(v) if isinstance(v, torch.Tensor) else v) for f in fields(self) for v in [getattr(self, f.name)]}
         return Batch(**moved)
 
     @property

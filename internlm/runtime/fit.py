@@ -19,7 +19,7 @@ import torch
 
 from internlm.batch import Batch
 from internlm.components.objective.base import Objective
-from internlm.runtime import checkpoint, faults, training_eval
+from internlm.runtime import checkpoint, faults, optimizer_step, training_eval
 from internlm.runtime.assembly import use_compile
 from internlm.runtime.console import Console
 from internlm.runtime.generation import generate
@@ -145,14 +145,14 @@ def train_step(
     """One optimizer step over this rank's micro batches: (mean loss, grad norm, mean metrics,
     whether the weights were updated: `health` skips a step whose loss or norm is not finite).
     `poison` (fault injection) multiplies the loss before backward."""
-    units = reducer.total(torch.tensor(float(sum(objective.units(b) for b in batches)), device=fabric.device))
+    units = reducer.total(device_scalar(float(sum(objective.units(b) for b in batches)), fabric.device))
     # Data-parallel gradient reduction averages over dp ranks: scale so the result is the mean
     # per unit over the global batch.
     scale = plan.layout.dp_size / units.clamp(min=1.0)
     total = torch.zeros((), device=fabric.device)
     sums: dict[str, torch.Tensor] = {}
     for index, batch in enumerate(batches):
-        batch = batch.to(fabric.device)
+        batch = batch.to(fabric.device, non_blocking=True)
         last = index == len(batches) - 1
         with fabric.no_backward_sync(model, enabled=not last):
             result = objective.step(model, batch)
@@ -161,15 +161,21 @@ def train_step(
         total += loss_sum.detach().float()
         for name, value in result.metrics.items():
             sums[name] = sums.get(name, 0.0) + value.detach().float()
-    grad_norm = clip_gradients(fabric, model, optimizer, max_norm)
     denominator = units.clamp(min=1.0)
-    loss = float(reducer.total(total) / denominator)  # global: every rank decides alike
-    updated = health is None or health.judge(step, loss, grad_norm)
-    if updated:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    metrics = {name: float(reducer.total(value) / denominator) for name, value in sums.items()}
+    loss = reducer.total(total) / denominator  # global: every rank decides alike
+    extras = {name: reducer.total(value) / denominator for name, value in sums.items()}
+    judge = health.judge if health is not None else (lambda step, loss, norm: True)
+    loss, grad_norm, metrics, updated = optimizer_step.update(
+        fabric, model, optimizer, max_norm, loss, extras, lambda loss, norm: judge(step, loss, norm)
+    )
     return loss, grad_norm, metrics, updated
+
+
+def device_scalar(value: float, device: torch.device) -> torch.Tensor:
+    """A 0-d tensor on `device` without a stall: torch.tensor(x, device=cuda) copies from pageable
+    memory, which waits for every kernel already queued (the previous optimizer step)."""
+    pinned = device.type == "cuda"
+    return torch.tensor(value, pin_memory=pinned).to(device, non_blocking=pinned)
 
 
 def roll_back(ctx, state: dict, health: Health, done: int) -> None:
@@ -184,15 +190,6 @@ def roll_back(ctx, state: dict, health: Health, done: int) -> None:
     loader.load_state_dict(position)
     health.load_state_dict(counts)
     state["step"] = done
-
-
-def clip_gradients(fabric, model, optimizer, max_norm: float) -> float:
-    if max_norm > 0:
-        norm = fabric.clip_gradients(model, optimizer, max_norm=max_norm, error_if_nonfinite=False)
-    else:
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def checkpoint_due(trainer, done: int) -> bool:

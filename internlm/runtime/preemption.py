@@ -86,10 +86,10 @@ class StopRequest:
     def should_stop(self, fabric) -> bool:
         """True on every rank once any rank saw a signal or the stop file (one all-reduce per step)."""
         codes = {None: 0, STOP_FILE: 1, TERMINATED: 2, PREEMPTED: 3}
-        code = torch.tensor(float(codes[self.local_reason()]), device=fabric.device)
-        if fabric.world_size > 1:
-            code = fabric.all_reduce(code, reduce_op="max")
-        agreed = int(code.item())
+        agreed = codes[self.local_reason()]
+        if fabric.world_size > 1:  # alone, no device round trip (it would wait for the queued update)
+            code = torch.tensor(float(agreed), device=fabric.device)
+            agreed = int(fabric.all_reduce(code, reduce_op="max").item())
         if agreed:
             self.reason = {value: key for key, value in codes.items()}[agreed]
         return bool(agreed)
