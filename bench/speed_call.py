@@ -46,18 +46,28 @@ PEER_FP8 = PEER + ["--model.converters", "quantize.linear.float8", "--quantize.l
 VARIANTS = {  # tag -> the program's overrides beyond PROGRAM
     "bf16": [],
     "fp8": ["model.kernels.matmul=fp8_tensorwise"],
+    "bf16before": [],  # the same run on the code of an earlier commit (--before DIR): an A/B of one change
 }
+BEFORE = {"dir": None}  # set by --before: a folder holding `internlm/` of the earlier commit
 PROFILE_START, PROFILE_STEPS, STEPS = 11, 2, 14  # steps 11-13 are left out of the throughput (13 ends the profiler)
 TIMED = [  # (kind, tag, what) in order; "repeat" rows run only while the budget lasts
-    ("ours", "bf16", True), ("peer", "peer-bf16", PEER), ("ours", "fp8", True),
-    ("peer", "peer-fp8", PEER_FP8), ("ours", "bf16-2", False), ("ours", "fp8-2", False),
+    ("ours", "bf16", True), ("peer", "peer-bf16", PEER), ("ours", "bf16before", False), ("ours", "fp8", True),
+    ("peer", "peer-fp8", PEER_FP8), ("ours", "bf16-2", False), ("ours", "bf16before-2", False), ("ours", "fp8-2", False),
 ]
+PROFILED = {"bf16", "fp8"}  # the first run of these is profiled
+
+
+def program_env(tag: str) -> dict:
+    return dict(os.environ, PYTHONUNBUFFERED="1")
 
 
 def program_cmd(tag: str, layers: int, steps: int, out: str, cpu: bool, profile: bool, trace: bool) -> list[str]:
     variant = VARIANTS[tag.split("-")[0]]
     overrides = (CPU_PROGRAM if cpu else PROGRAM + [f"model.num_layers={layers}"]) + variant
     overrides += [f"trainer.max_steps={steps}", f"hydra.run.dir=/tmp/speed_runs/{tag}-L{layers}"]
+    if tag.split("-")[0].endswith("before"):  # `-m` would put the checkout's package first on sys.path
+        boot = f"import runpy, sys; sys.path.insert(0, {os.path.abspath(BEFORE['dir'])!r}); runpy.run_module('internlm', run_name='__main__', alter_sys=True)"
+        return [sys.executable, "-c", boot] + overrides
     if not profile:
         return [sys.executable, "-m", "internlm"] + overrides
     start = 2 if cpu else PROFILE_START
@@ -100,12 +110,11 @@ def first_step_seconds(text: str) -> float | None:
 def warm_up(args, log, wanted: set[str]) -> list[dict]:
     """Every configuration of the timed rows at one layer, two steps, all processes at once."""
     procs = []
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
     for tag in VARIANTS:
         if not any(w.split("-")[0] == tag for w in wanted):
             continue
         cmd = program_cmd(tag, 1, 2, args.out, args.cpu, profile=False, trace=False)
-        procs.append((tag, cmd, env))
+        procs.append((tag, cmd, dict(program_env(tag), PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")))
     if not args.cpu:
         for tag, flags in (("peer-bf16", PEER), ("peer-fp8", PEER_FP8)):
             if tag not in wanted:
@@ -143,9 +152,9 @@ def timed(args, log, deadline: float) -> list[dict]:
             continue
         t0 = time.time()
         if kind == "ours":
-            profile = tag in VARIANTS  # the first run of each variant is profiled
+            profile = tag in PROFILED
             cmd = program_cmd(tag, 16, 4 if args.cpu else STEPS, args.out, args.cpu, profile, trace=bool(what) and profile)
-            text, status = gpu_suite.run_logged(cmd, dict(os.environ, PYTHONUNBUFFERED="1"), log, min(left - 10, 200), tag)
+            text, status = gpu_suite.run_logged(cmd, program_env(tag), log, min(left - 10, 200), tag)
             log.write(text[-20000:])
             exclude = set(range(PROFILE_START, PROFILE_START + PROFILE_STEPS + 1)) if profile else set()
             result = {"kind": kind, "tag": tag, "status": status, "profiled": profile, "first_step_s": first_step_seconds(text)}
@@ -170,10 +179,14 @@ def main() -> int:
     p.add_argument("--warm-timeout", type=float, default=170)
     p.add_argument("--cpu", action="store_true", help="smoke test: the tiny default model on the CPU, no peer")
     p.add_argument("--only", default=None, help="comma-separated tags of the timed rows to run, in that order (e.g. peer-bf16,peer-fp8,bf16-2)")
+    p.add_argument("--before", default=None, help="folder with the earlier commit's internlm/ (git archive REV internlm | tar -x -C DIR)")
     args = p.parse_args()
+    BEFORE["dir"] = args.before
     os.makedirs(args.out, exist_ok=True)
     deadline = time.time() + args.budget
     global TIMED
+    if not args.before:
+        TIMED = [row for row in TIMED if "before" not in row[1]]
     if args.cpu:
         TIMED = [row for row in TIMED if row[0] == "ours" and row[1] == "bf16"]
     if args.only:  # in the order given
