@@ -162,6 +162,7 @@ def main() -> None:
     parser.add_argument("--lm-eval-batch", type=int, default=32, help="lm-eval HFLM batch size")
     parser.add_argument("--smollm2-shape", default=None, help="folder with smollm2-config/ and smollm2-tokenizer/: random weights")
     parser.add_argument("--row-budget-s", type=float, default=120.0, help="a row running longer is stopped (lower bound)")
+    parser.add_argument("--skip-7b", action="store_true", help="only the SmolLM2 rows")
     parser.add_argument("--out", default="bench/eval_mmlu.json")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() and not args.small else "cpu"
@@ -203,6 +204,8 @@ def main() -> None:
     model, tokenizer, smol_name = smollm2(device, dtype, args.smollm2_shape)
     side_by_side(smol_name, model, tokenizer, n_items, requests)
     del model
+    if args.skip_7b:
+        return
 
     size = "tiny" if args.small else "internlm_7b"
     n_items, requests = requests_for(args.sample_7b)
