@@ -299,6 +299,7 @@ def add_training_plan(plan: Plan, cfg: RootConfig, scheduler, reference_paramete
         matmul=cfg.model.kernels.matmul,
         trainable=plan.trainable_parameters,
         reference_parameters=reference_parameters,
+        grad_accumulation=accumulation,
     )
 
 
