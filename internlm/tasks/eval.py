@@ -61,7 +61,7 @@ class Eval(Task):
             sources = self.sources(ctx)
             datasets = load_suite(suite)
             check_models(sources, datasets)
-            join_ranks(cfg)  # under torchrun: items split across the ranks, gathered on each
+            joined = join_ranks(cfg)  # under torchrun: items split across the ranks, gathered on each
             columns = _column_names(sources)  # one per source, unique even when a source repeats
             records = {d.name: {} for d in datasets}
             for source, column in zip(sources, columns):
@@ -71,6 +71,10 @@ class Eval(Task):
                     records[dataset.name][column] = predict_all_ranks(dataset, lm)
                 del lm
             models = dict(zip(columns, sources))
+            if joined:
+                results = write_results(ctx.run_dir, datasets, models, records, write=_rank() == 0)
+                leave_ranks()
+                return results
         return write_results(ctx.run_dir, datasets, models, records, write=_rank() == 0)
 
     def sources(self, ctx: RunContext) -> list[str]:
@@ -117,17 +121,27 @@ def check_models(sources: list[str], datasets: list[Dataset]) -> None:
             )
 
 
-def join_ranks(cfg: EvalTaskConfig) -> None:
+def join_ranks(cfg: EvalTaskConfig) -> bool:
     """A launch of several processes (torchrun: WORLD_SIZE, RANK, MASTER_ADDR set) joins one
-    process group: gloo on CPU, NCCL with one GPU per local rank."""
+    process group: gloo on CPU, NCCL with one GPU per local rank. True when this call made it."""
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return
+        return False
     cuda = cfg.device != "cpu" and torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
+def leave_ranks() -> None:
+    """Tear the group down once every rank is done: a gloo group left to the interpreter's exit
+    can abort a rank ("terminate called without an active exception") after its work is written."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def _rank() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,7 +47,8 @@ def test_two_processes_write_what_one_writes(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     done = torchrun(tmp_path / "two", overrides, driver)
-    if done.returncode != 0 and "Traceback" not in done.stderr:  # a start-up failure of the launcher: once more
+    if done.returncode != 0 and "internlm.errors" not in done.stderr:  # gloo's rare abort (not our error): once more
+        shutil.rmtree(tmp_path / "two", ignore_errors=True)
         done = torchrun(tmp_path / "two", overrides, driver)
     assert done.returncode == 0, done.stderr[-3000:]
     output = done.stdout + done.stderr
