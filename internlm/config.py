@@ -45,6 +45,9 @@ class TrainerConfig:
     peak_tflops: float | None = None  # device peak for MFU; null = looked up from the device name
     sample_prompt: str = "To be, or not to be"  # generated from at the end of training ("" = none)
     sample_tokens: int = 48  # tokens of that sample
+    # how long a collective waits for the other processes (gloo and NCCL's process-group timeout): a
+    # rank that stops answering (frozen, its node unreachable) ends the run after this, not torch's 30 min
+    collective_timeout_s: float = 1800.0
     max_consecutive_skips: int = 5  # non-finite steps in a row before rolling back to the last good checkpoint (or stopping)
     spike_factor: float = 3.0  # report a loss above this many times its running mean; 0 = off
 

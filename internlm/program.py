@@ -23,6 +23,7 @@ from internlm.errors import ConfigError
 from internlm.launch.slurm_layout import check_slurm_layout
 from internlm.planning import Facts, compile_plan, to_typed, write_plan
 from internlm.runtime.checkpoint import RunFolderLock, complete_checkpoints, is_launch_rank_zero
+from internlm.runtime.lost_peer import lost_peer
 from internlm.runtime.parts import RunParts
 from internlm.tasks.base import RunContext, Task
 
@@ -54,19 +55,6 @@ def device_memory_gib(cuda: bool) -> dict[str, float]:
     return memory
 
 
-# What gloo and NCCL say when another process of the group is gone (killed, crashed, its node lost)
-PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote process exited", "Broken pipe")
-
-
-def lost_peer(exc: RuntimeError) -> bool:
-    """True when a collective failed because another process of this run's group stopped."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return False
-    return isinstance(exc, dist.DistError) or any(text in str(exc) for text in PEER_LOST)
-
-
 def lost_peer_error(exc: RuntimeError, run_dir: Path) -> ConfigError:
     """One message for a surviving rank: what happened, and how to continue from the checkpoints."""
     import torch.distributed as dist
@@ -75,7 +63,8 @@ def lost_peer_error(exc: RuntimeError, run_dir: Path) -> ConfigError:
     newest = f"it continues from {found[-1]}" if found else "no checkpoint was written yet: it starts over"
     cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ConfigError(
-        f"another process of this run stopped (killed, crashed, or its machine lost), so rank {dist.get_rank()} "
+        f"another process of this run stopped or stopped answering (killed, crashed, frozen, or its machine lost: "
+        f"collectives wait trainer.collective_timeout_s for it), so rank {dist.get_rank()} "
         f"of {dist.get_world_size()} cannot go on ({cause})",
         where="the run's process group (trainer.devices x trainer.num_nodes)",
         fix=f"see that process's output for why it stopped, then run the same command with hydra.run.dir={run_dir} "

@@ -274,6 +274,7 @@ def add_training_plan(plan: Plan, cfg: RootConfig, scheduler, reference_paramete
             "trainer.max_steps": trainer.max_steps,
             "trainer.log_every": trainer.log_every,
             "trainer.max_consecutive_skips": trainer.max_consecutive_skips,
+            "trainer.collective_timeout_s": trainer.collective_timeout_s,
         }
     )
     seq_len = cfg.data.seq_len

@@ -50,6 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from internlm.errors import ConfigError
 from internlm.runtime import faults
+from internlm.runtime.lost_peer import PEER_LOST, lost_peer
 
 log = logging.getLogger("internlm")
 
@@ -333,9 +334,14 @@ def _ranks_that_failed(failed: bool) -> list[int]:
 
 def _write_failed(tmp: Path, step: int, run_dir: Path, exc: BaseException, background: bool = False) -> None:
     """Drop the partial folder (the previous checkpoints are untouched) and stop with one message.
-    Every rank stops (they agreed on the failure); rank 0 removes the folder."""
+    Every rank stops (they agreed on the failure); rank 0 removes the folder. A write that failed
+    because another rank died inside it (DCP gathers every rank's result) is no disk's fault: it
+    stops as a lost peer (a RuntimeError the program reports as one), not as a write failure."""
     if not _distributed() or _global_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
+    if lost_peer(exc):
+        first = next((line for line in str(exc).splitlines() if any(t in line for t in PEER_LOST)), str(exc).strip())
+        raise RuntimeError(f"writing checkpoint {step}: another rank stopped during the write ({first})") from exc
     previous = complete_checkpoints(run_dir)
     kept = f"the newest checkpoint, {previous[-1]}, is intact" if previous else "no earlier checkpoint exists"
     raise ConfigError(

@@ -22,6 +22,8 @@ def make_loggers(names: list[str], run_dir: Path) -> list:
 
 def make_fabric(config: RootConfig, plan: Plan, run_dir: Path, strategy, parallelize: Callable | None):
     """Fabric for the plan, launched (its processes started) and ready for `setup_module`."""
+    from datetime import timedelta
+
     import lightning as L
 
     # Sharding strategies cast parameters themselves (FSDP2 mixed precision): Fabric then must not.
@@ -31,7 +33,8 @@ def make_fabric(config: RootConfig, plan: Plan, run_dir: Path, strategy, paralle
         devices=config.trainer.devices,
         num_nodes=config.trainer.num_nodes,
         precision=precision,
-        strategy=strategy.fabric_strategy(plan.layout, plan.precision, parallelize),
+        strategy=strategy.fabric_strategy(plan.layout, plan.precision, parallelize,
+                                          timeout=timedelta(seconds=config.trainer.collective_timeout_s)),
         loggers=make_loggers(list(config.trainer.loggers), run_dir),
     )
     fabric.launch()

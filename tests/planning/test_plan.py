@@ -78,6 +78,7 @@ def test_global_batch_is_split_into_micro_batches_and_accumulation():
         (["data.micro_batch_size=-2"], "micro_batch_size"),
         (["data.seq_len=0"], "seq_len"),
         (["trainer.log_every=0"], "log_every"),
+        (["trainer.collective_timeout_s=0"], "collective_timeout_s"),
         (["trainer.activation_checkpointing=sometimes"], "activation_checkpointing"),
         (["trainer.loggers=[wandb]"], "loggers"),
         (["optimizer=torch", "optimizer.target=os.system"], "os.system"),

@@ -99,3 +99,35 @@ def test_a_killed_rank_stops_the_survivor_with_one_message_and_the_run_resumes(t
     step = int(newest.name.removeprefix("step-"))
     assert f"resumed from {newest} at step {step}" in resumed
     assert checkpoint.complete_checkpoints(run_dir)[-1].name == f"step-{step + 1:08d}"
+
+
+FROZEN_TIMEOUT_S = 30  # above a rank's start-up on a 2-core machine: the group's rendezvous waits as long
+
+
+def test_a_frozen_rank_stops_the_survivor_after_the_collective_timeout(tmp_path):
+    """SIGSTOP, not a kill: no connection closes, the survivor only sees silence. It waits
+    trainer.collective_timeout_s (not torch's 30 minutes), then stops with the same one message."""
+    for attempt in (1, 2):  # a gloo launch rarely aborts while connecting: retried once
+        run_dir = tmp_path / f"run{attempt}"
+        proc = start(run_dir, f"trainer.collective_timeout_s={FROZEN_TIMEOUT_S}")
+        if wait_for_checkpoint(proc, run_dir):
+            break
+        take_down(proc)
+    else:
+        raise AssertionError(proc.log.read_text()[-3000:])
+    (rank_one,) = psutil.Process(proc.pid).children(recursive=True)
+    frozen_at = time.monotonic()
+    os.kill(rank_one.pid, signal.SIGSTOP)
+    try:
+        code = proc.wait(timeout=FROZEN_TIMEOUT_S + HANG)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"rank 0 still waits for the frozen rank after {FROZEN_TIMEOUT_S + HANG} s")
+    finally:
+        take_down(proc)  # SIGKILL reaches a stopped process too
+    waited = time.monotonic() - frozen_at
+    err = proc.log.read_text()
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert "stopped answering" in err and "rank 0 of 2 cannot go on" in err and "Timed out" in err, err[-3000:]
+    assert FROZEN_TIMEOUT_S - 1 <= waited, f"stopped after {waited:.0f} s: before the timeout, so not for it"
+    complete = checkpoint.complete_checkpoints(run_dir)
+    assert complete and all(checkpoint.damage(c) is None for c in complete)

@@ -49,7 +49,8 @@ class Strategy:
         not shard, and the model is wrapped by Fabric's own strategy instead."""
         return None
 
-    def fabric_strategy(self, layout: ParallelLayout, precision: str, parallelize: Callable | None):
+    def fabric_strategy(self, layout: ParallelLayout, precision: str, parallelize: Callable | None, timeout=None):
         """What lightning.Fabric gets as `strategy=`; `parallelize(model, fabric_mesh) -> model` is the
-        assembly pipeline's parallel steps, for strategies that let Fabric call them."""
+        assembly pipeline's parallel steps, for strategies that let Fabric call them; `timeout` (a
+        timedelta) bounds every collective of the process group."""
         raise NotImplementedError

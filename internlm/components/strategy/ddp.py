@@ -29,8 +29,9 @@ class DDP(Strategy):
     def layout(self, world_size: int) -> ParallelLayout:
         return ParallelLayout(replicate=world_size)
 
-    def fabric_strategy(self, layout: ParallelLayout, precision: str, parallelize=None):
+    def fabric_strategy(self, layout: ParallelLayout, precision: str, parallelize=None, timeout=None):
         from lightning.fabric.strategies import DDPStrategy
 
-        return DDPStrategy(bucket_cap_mb=self.config.bucket_cap_mb, find_unused_parameters=self.config.exact_resume)
+        extra = {} if timeout is None else {"timeout": timeout}
+        return DDPStrategy(bucket_cap_mb=self.config.bucket_cap_mb, find_unused_parameters=self.config.exact_resume, **extra)
 

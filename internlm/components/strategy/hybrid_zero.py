@@ -94,13 +94,14 @@ class HybridZero(Strategy):
             "reduce_dtype": self.config.reduce_dtype,
         }
 
-    def fabric_strategy(self, layout: ParallelLayout, precision: str, parallelize):
+    def fabric_strategy(self, layout: ParallelLayout, precision: str, parallelize, timeout=None):
         from lightning.fabric.strategies import ModelParallelStrategy
 
         strategy = ModelParallelStrategy(
             parallelize_fn=parallelize,
             data_parallel_size=layout.dp_size,
             tensor_parallel_size=layout.tensor,
+            **({} if timeout is None else {"timeout": timeout}),
         )
         strategy._backward_sync_control = sharded_gradient_accumulation()  # keep gradients sharded between micro batches
         return strategy
