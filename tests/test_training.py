@@ -23,8 +23,14 @@ def test_loss_falls_on_the_bundled_corpus(tmp_path, fast_overrides):
     assert last < first - 1.0
 
 
-def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path, fast_overrides):
-    overrides = fast_overrides + ["trainer.max_steps=8", "data.micro_batch_size=2", "trainer.checkpoint_every=4", "trainer.loggers=[csv]"]
+@pytest.mark.parametrize("precision", [
+    [],
+    # bf16 weights with fp32 master copies and moments in the optimizer: torch's load_state_dict
+    # would cast those to bf16 on resume, and the resumed losses would part from the straight ones
+    ["trainer.precision=bf16-true", "optimizer=adamw_bf16", "optimizer.master_weights=true", "optimizer.lr=1e-3"],
+], ids=["fp32", "bf16-master-weights"])
+def test_resume_reproduces_the_uninterrupted_run_bitwise(tmp_path, fast_overrides, precision):
+    overrides = fast_overrides + ["trainer.max_steps=8", "data.micro_batch_size=2", "trainer.checkpoint_every=4", "trainer.loggers=[csv]", *precision]
     straight = run(overrides, tmp_path)["losses"]
     # A crash after step 4: only the step-4 checkpoint survives.
     shutil.rmtree(tmp_path / "checkpoints" / "step-00000008")

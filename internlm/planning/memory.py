@@ -35,6 +35,7 @@ def estimate_per_device(
     trainable: int | None = None,
     reference_parameters: int = 0,
     grad_accumulation: int | None = None,
+    master_weights: bool = False,
 ) -> dict[str, float]:
     """`full_logits`: the loss materialises fp32 logits for the whole micro batch (the plain
     cross-entropy); fused losses hold one chunk, counted as 2048 tokens. `attention_backend`
@@ -45,7 +46,8 @@ def estimate_per_device(
     a frozen model beside it (task.reference=frozen: the base model's count), weights only. A
     frozen base keeps as many activations as a trained one: its LoRA branches and input
     gradients need them. `grad_accumulation`: micro batches per optimizer step (None: unknown,
-    counted as more than one)."""
+    counted as more than one). `master_weights`: the optimizer keeps fp32 copies of bf16 weights and
+    fp32 moments (adamw_bf16's optimizer.master_weights)."""
     shards = layout.shard * layout.tensor
     held = parameters / shards
     trained = (parameters if trainable is None else trainable) / shards
@@ -79,8 +81,9 @@ def estimate_per_device(
     parts = {
         "weights": held * weight_bytes,
         "gradients": trained * weight_bytes,
-        # AdamW's two moments, in the parameters' dtype (torch's AdamW and adamw_bf16 alike)
-        "optimizer_states": trained * 2 * weight_bytes,
+        # AdamW's two moments, in the parameters' dtype (torch's AdamW and adamw_bf16 alike), or
+        # an fp32 master copy and fp32 moments
+        "optimizer_states": trained * (12 if master_weights and weight_bytes < 4 else 2 * weight_bytes),
         "reference": reference_parameters / shards * weight_bytes,
         "autocast_weights": held * 2 if precision.endswith("-mixed") and caches_meet_gradients else 0.0,
         "activations": activations,

@@ -301,6 +301,7 @@ def add_training_plan(plan: Plan, cfg: RootConfig, scheduler, reference_paramete
         trainable=plan.trainable_parameters,
         reference_parameters=reference_parameters,
         grad_accumulation=accumulation,
+        master_weights=bool(getattr(cfg.optimizer, "master_weights", False)),
     )
 
 

@@ -220,6 +220,9 @@ def test_memory_counts_trainable_parameters_and_a_frozen_reference():
     gib = lambda n: round(n / 1024**3, 3)
     sft = plan_for(*bf16, facts=H200).memory_per_device_gib
     assert (sft["weights"], sft["gradients"], sft["optimizer_states"], sft["reference"]) == (gib(2 * P_7B), gib(2 * P_7B), gib(4 * P_7B), 0)
+    master = plan_for(*bf16, "optimizer.master_weights=true", facts=H200).memory_per_device_gib
+    # bf16 weight and gradient, fp32 master copy and moments: 16 B per parameter, as bf16-mixed's
+    assert (master["weights"], master["gradients"], master["optimizer_states"]) == (gib(2 * P_7B), gib(2 * P_7B), gib(12 * P_7B))
     lora = plan_for(*full, "trainer.precision=bf16-true", "adapter=lora", "adapter.targets=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
                     facts=H200)
     assert lora.trainable_parameters == LORA_7B and lora.parameters == P_7B + LORA_7B

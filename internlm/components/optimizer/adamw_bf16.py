@@ -8,6 +8,12 @@ The moment estimates are kept in the parameter's dtype (bf16 under trainer.preci
 8 bytes per parameter with the gradient, against 16 for fp32 master weights), also stochastically
 rounded. For fp32 parameters this is torch.optim.AdamW's arithmetic (to fp32 rounding).
 
+`optimizer.master_weights=true` keeps an fp32 copy of each bf16 weight and fp32 moments instead
+(the bf16 weight is that copy rounded to nearest after each step): torch.optim.AdamW's arithmetic
+on the fp32 copy, exactly, while the model computes in bf16 (no autocast casts, bf16 gradients).
+16 B per parameter with the bf16 weight and gradient, as bf16-mixed; it is what torchtitan's FSDP
+mixed precision and Megatron's distributed optimizer keep.
+
 On CUDA each chunk's update is one kernel (`torch.compile` of `adamw_chunk_`, fullgraph, with the
 rounding's random bits drawn inside the kernel). Bytes moved per bf16 parameter:
 
@@ -17,9 +23,10 @@ rounding's random bits drawn inside the kernel). Bytes moved per bf16 parameter:
   48 B (noise 4, add 12, mask 8, isfinite 5, where 13, cast to bf16 6) = 252 B: 1.84 TB per step
   of a 7.3e9-parameter model, ~0.5 s at the H200's ~3.5 TB/s.
 * fused: read weight, gradient and two moments (8 B), write weight and moments (6 B) = 14 B, the
-  floor: 0.10 TB per step. (fp32 parameters: 28 B, as torch's fused AdamW.)
+  floor: 0.10 TB per step. (fp32 parameters: 28 B, as torch's fused AdamW; master weights: read
+  gradient 2, master and moments 12, write them 12 and the bf16 weight 2 = 28 B.)
 
-Compiles: one graph per (parameter dtype, rounding mode): `dynamic=True` makes the chunk length
+Compiles: one graph per (parameter dtype, rounding mode, master weights or not): `dynamic=True` makes the chunk length
 and offset symbolic, and the values that change every step (lr, bias corrections) are passed as
 0-d tensors, so neither shapes nor steps recompile; a 7B step in bf16 compiles once (a chunk of a
 single element would add one, specialised). torchao's AdamW(bf16_stochastic_round=True) is not
@@ -47,6 +54,7 @@ class AdamWBF16Config:
     eps: float = 1e-8  # added to the second-moment root
     weight_decay: float = 0.0  # decoupled decay on matrices and embeddings only
     stochastic_rounding: bool = True  # false: round to nearest (loses steps below half a bf16 ulp)
+    master_weights: bool = False  # fp32 copies of bf16 weights and fp32 moments: exact AdamW, 16 B/param (rounding moot)
     fused: bool | None = None  # one compiled kernel per chunk; null = on when the parameters are on a GPU
 
 
@@ -63,24 +71,27 @@ def stochastic_round_(target: torch.Tensor, value: torch.Tensor, generator: torc
 
 def adamw_chunk_(
     weight: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
-    decay: torch.Tensor, step_size: torch.Tensor, bias_correction2_sqrt: torch.Tensor,
+    master: torch.Tensor | None, decay: torch.Tensor, step_size: torch.Tensor, bias_correction2_sqrt: torch.Tensor,
     beta1: float, beta2: float, eps: float, stochastic: bool,
 ) -> None:
     """One AdamW update of one chunk, in place: fp32 arithmetic, each result written back in its
-    tensor's dtype (bf16 stochastically rounded when `stochastic`). decay = 1 - lr x weight_decay,
-    step_size = lr / (1 - beta1^step), bias_correction2_sqrt = (1 - beta2^step)^0.5: 0-d tensors,
-    so that a compiled graph does not specialise on them."""
+    tensor's dtype (bf16 stochastically rounded when `stochastic`). With `master` (fp32, the
+    weight's copy) the update applies to it and the weight becomes it rounded to nearest.
+    decay = 1 - lr x weight_decay, step_size = lr / (1 - beta1^step), bias_correction2_sqrt =
+    (1 - beta2^step)^0.5: 0-d tensors, so that a compiled graph does not specialise on them."""
     grad = grad.float()
     avg = exp_avg.float().lerp_(grad, 1 - beta1)
     avg_sq = exp_avg_sq.float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    new_weight = weight.float().mul_(decay)
+    new_weight = (weight if master is None else master).float().mul_(decay)
     denom = (avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
     new_weight.sub_(avg * step_size / denom)
-    for target, value in ((weight, new_weight), (exp_avg, avg), (exp_avg_sq, avg_sq)):
-        if target.dtype == torch.bfloat16 and stochastic:
+    updates = [(exp_avg, avg), (exp_avg_sq, avg_sq)]
+    updates += [(weight, new_weight)] if master is None else [(master, new_weight), (weight, new_weight)]
+    for target, value in updates:
+        if target.dtype == torch.bfloat16 and stochastic and master is None:
             stochastic_round_(target, value)
         else:
-            target.copy_(value)  # fp32: value is target itself, updated in place above
+            target.copy_(value)  # fp32: value is target itself, updated in place above; bf16: to nearest
 
 
 CHUNK = 1 << 24  # elements updated at once eagerly: bounds the fp32 temporaries (6 x 64 MB)
@@ -101,10 +112,25 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class StochasticAdamW(torch.optim.Optimizer):
-    def __init__(self, params, lr=1e-5, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, stochastic_rounding=True, fused=None):
+    def __init__(self, params, lr=1e-5, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, stochastic_rounding=True, fused=None,
+                 master_weights=False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.stochastic_rounding = stochastic_rounding
         self.fused = fused
+        self.master_weights = master_weights
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch casts every floating state tensor to its parameter's dtype on load: the fp32 master
+        weights and moments of bf16 parameters would come back as bf16. They are put back in fp32."""
+        saved = [pid for group in state_dict["param_groups"] for pid in group["params"]]
+        fp32 = {pid: {key: value for key, value in state_dict["state"].get(pid, {}).items()
+                      if key != "step" and torch.is_tensor(value) and value.dtype == torch.float32}
+                for pid in saved}
+        super().load_state_dict(state_dict)
+        params = [param for group in self.param_groups for param in group["params"]]
+        for pid, param in zip(saved, params):
+            for key, value in fp32[pid].items():
+                self.state[param][key] = value.to(device=param.device, copy=True)
 
     def _update_fn(self, param: torch.Tensor):
         """(update function, chunk length) for this parameter."""
@@ -123,8 +149,11 @@ class StochasticAdamW(torch.optim.Optimizer):
                 state = self.state[param]
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(param)
-                    state["exp_avg_sq"] = torch.zeros_like(param)
+                    if self.master_weights and param.dtype != torch.float32:
+                        state["master"] = param.detach().float()  # a copy (a new fp32 tensor), sharded as the parameter
+                    moments = torch.float32 if "master" in state else param.dtype
+                    state["exp_avg"] = torch.zeros_like(param, dtype=moments)
+                    state["exp_avg_sq"] = torch.zeros_like(param, dtype=moments)
                 state["step"] += 1
                 step = float(state["step"])
                 scalars = [
@@ -135,10 +164,12 @@ class StochasticAdamW(torch.optim.Optimizer):
                 # eagerly, the 7B's 422M-element embedding in one piece would cost ~8 GB of fp32
                 # scratch. detach(): a chunk without a `_base`, so that the compiled graph does
                 # not guard on (and recompile for) the parameter's shape.
-                flat = [local(t).view(-1) for t in (param.data, param.grad, state["exp_avg"], state["exp_avg_sq"])]
+                tensors = (param.data, param.grad, state["exp_avg"], state["exp_avg_sq"]) + ((state["master"],) if "master" in state else ())
+                flat = [local(t).view(-1) for t in tensors]
                 for start in range(0, flat[0].numel(), chunk):
-                    pieces = (t[start : start + chunk].detach() for t in flat)
-                    update(*pieces, *scalars, beta1, beta2, group["eps"], self.stochastic_rounding)
+                    pieces = [t[start : start + chunk].detach() for t in flat]
+                    master = pieces[4] if len(pieces) == 5 else None
+                    update(*pieces[:4], master, *scalars, beta1, beta2, group["eps"], self.stochastic_rounding)
         return loss
 
 
@@ -156,4 +187,5 @@ class AdamWBF16:
         groups = [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return StochasticAdamW(
             groups, lr=c.lr, betas=c.betas, eps=c.eps, stochastic_rounding=c.stochastic_rounding, fused=c.fused,
+            master_weights=c.master_weights,
         )

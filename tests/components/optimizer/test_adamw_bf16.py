@@ -117,3 +117,55 @@ def test_small_steps_add_up_in_bf16_where_round_to_nearest_loses_them(fused, req
     rounded = torch.nn.Parameter(torch.ones(20_000, dtype=torch.bfloat16))
     run_steps(rounded, StochasticAdamW([rounded], lr=1e-4, fused=fused), grads)
     assert abs(rounded.data.float().mean().item() - 0.99) < 1e-3
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_master_weights_are_torch_adamw_on_an_fp32_copy(fused, request, monkeypatch):
+    """master_weights: the fp32 copy follows torch.optim.AdamW started from the bf16 weights, to
+    fp32 rounding; the bf16 weight is that copy rounded to nearest; lr 1e-6 steps are all kept."""
+    if fused:
+        request.getfixturevalue("compiles")
+    monkeypatch.setattr(adamw_bf16, "FUSED_CHUNK" if fused else "CHUNK", 700)  # 2048 elements: 3 chunks
+    torch.manual_seed(0)
+    start = torch.randn(64, 32).bfloat16()
+    grads = [torch.randn(64, 32).bfloat16() for _ in range(6)]  # what bf16 backward hands over
+    lrs = [1e-2, 1e-3, 1e-6, 1e-6, 1e-6, 1e-6]
+    ours = torch.nn.Parameter(start.clone())
+    exact = torch.nn.Parameter(start.float())
+    optimizer = StochasticAdamW([ours], lr=1e-2, weight_decay=0.1, fused=fused, master_weights=True)
+    reference = torch.optim.AdamW([exact], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    for grad, lr in zip(grads, lrs):
+        ours.grad, exact.grad = grad.clone(), grad.float()
+        for o in (optimizer, reference):
+            o.param_groups[0]["lr"] = lr
+            o.step()
+    state = optimizer.state[ours]
+    assert state["master"].dtype == state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.float32
+    torch.testing.assert_close(state["master"], exact.data, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(state["exp_avg_sq"], reference.state[exact]["exp_avg_sq"], rtol=1e-6, atol=1e-12)
+    assert torch.equal(ours.data, exact.data.bfloat16())  # rounded to nearest, from the exact value
+
+
+def test_master_weights_survive_a_state_dict_round_trip_in_fp32():
+    """torch's load_state_dict casts floating states to the parameter's dtype (bf16): the fp32
+    master and moments are restored in fp32, and the resumed steps equal the uninterrupted ones."""
+    torch.manual_seed(1)
+    start = torch.randn(300).bfloat16()
+    grads = [torch.randn(300).bfloat16() for _ in range(4)]
+
+    def fresh():
+        param = torch.nn.Parameter(start.clone())
+        return param, StochasticAdamW([param], lr=1e-3, master_weights=True)
+
+    straight, straight_opt = fresh()
+    run_steps(straight, straight_opt, grads)
+    first, first_opt = fresh()
+    run_steps(first, first_opt, grads[:2])
+    saved_weight, saved_state = first.data.clone(), first_opt.state_dict()
+    resumed, resumed_opt = fresh()
+    resumed.data.copy_(saved_weight)
+    resumed_opt.load_state_dict(saved_state)
+    assert all(resumed_opt.state[resumed][k].dtype == torch.float32 for k in ("master", "exp_avg", "exp_avg_sq"))
+    run_steps(resumed, resumed_opt, grads[2:])
+    assert torch.equal(resumed.data, straight.data)
+    assert torch.equal(resumed_opt.state[resumed]["master"], straight_opt.state[straight]["master"])
