@@ -9,6 +9,8 @@ weights and random bf16 gradients. Rows, one JSON line each:
 
 * eager: StochasticAdamW(fused=False), 30 elementwise kernels per chunk (252 B per element moved)
 * fused: StochasticAdamW(fused=True), one compiled kernel per chunk (14 B: the floor)
+* fused_master: StochasticAdamW(fused=True, master_weights=True), bf16 weights and gradients with
+  fp32 master copies and moments (28 B: read gradient 2 + 12, write 12 + the bf16 weight 2)
 * torch_fused_fp32: torch.optim.AdamW(fused=True) on fp32 copies of the same size (28 B)
 
 ms = median of --steps optimizer steps (CUDA events) after --warmup; moved_gb_per_s counts the
@@ -35,8 +37,8 @@ from pathlib import Path
 import torch
 
 FILE = Path(__file__).resolve().parents[1] / "internlm" / "components" / "optimizer" / "adamw_bf16.py"
-BYTES_PER_ELEMENT = {"eager": 252, "fused": 14, "torch_fused_fp32": 28}  # moved, as counted in adamw_bf16.py
-FLOOR_BYTES = {"eager": 14, "fused": 14, "torch_fused_fp32": 28}
+BYTES_PER_ELEMENT = {"eager": 252, "fused": 14, "fused_master": 28, "torch_fused_fp32": 28}  # moved, as counted in adamw_bf16.py
+FLOOR_BYTES = {"eager": 14, "fused": 14, "fused_master": 28, "torch_fused_fp32": 28}
 
 
 def load_adamw_bf16():
@@ -95,7 +97,7 @@ def run_row(name: str, module, shape_list, device, args) -> dict:
     if name == "torch_fused_fp32":
         optimizer = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
     else:
-        optimizer = module.StochasticAdamW(params, lr=1e-5, fused=name == "fused")
+        optimizer = module.StochasticAdamW(params, lr=1e-5, fused=name.startswith("fused"), master_weights=name == "fused_master")
     graphs_before, start = _graphs(), time.perf_counter()
     optimizer.step()  # allocates the moments (and compiles): the peak below counts only a step's scratch
     if device.type == "cuda":
@@ -112,7 +114,7 @@ def run_row(name: str, module, shape_list, device, args) -> dict:
         "floor_gb_per_s": round(FLOOR_BYTES[name] * elements / ms / 1e6, 1),
         "peak_delta_gib": round((torch.cuda.max_memory_allocated(device) - held) / 1024**3, 3) if device.type == "cuda" else None,
     }
-    if name == "fused":
+    if name.startswith("fused"):
         row["compiles"] = _graphs() - graphs_before
         row["first_step_s"] = round(first, 2)
     del optimizer, params
@@ -133,7 +135,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first compiles), at least 1")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (a smoke test: no timing claims)")
-    parser.add_argument("--rows", default="eager,fused,torch_fused_fp32")
+    parser.add_argument("--rows", default="eager,fused,fused_master,torch_fused_fp32")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.cpu else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():

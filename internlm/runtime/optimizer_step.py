@@ -2,7 +2,7 @@
 
 Two paths, one result (the same weights up to rounding, the same skips):
 
-* **folded** (torch's fused AdamW on plain tensors, no fp16 loss scaler: the GPU runs): the
+* **folded** (torch's fused AdamW or adamw_bf16 on plain tensors, no fp16 loss scaler): the
   clip's scale and the skip of a non-finite step go into the fused kernel itself, through the
   `grad_scale` and `found_inf` inputs it has for AMP (grads are divided by
   max(1, norm / max_norm) inside the update, and a step whose loss or norm is not finite leaves
@@ -35,7 +35,8 @@ def unwrap(optimizer) -> torch.optim.Optimizer:
 def can_fold(fabric, model, optimizer) -> bool:
     """True when the clip and the skip can ride inside the optimizer's fused kernel."""
     inner = unwrap(optimizer)
-    if not isinstance(inner, torch.optim.Adam) or not inner.defaults.get("fused"):  # AdamW is an Adam
+    torch_fused = isinstance(inner, torch.optim.Adam) and inner.defaults.get("fused")  # AdamW is an Adam
+    if not (torch_fused or getattr(inner, "folds_clip", False)):  # ours: optimizer=adamw_bf16
         return False
     if getattr(getattr(fabric, "_precision", None), "scaler", None) is not None:  # fp16: the scaler owns these inputs
         return False
@@ -68,6 +69,8 @@ def _folded(model, optimizer, max_norm, loss, extras, judge):
     values = host()  # waits for backward's results only: the update may still be running
     loss_f, norm_f = values[0], values[1]
     updated = judge(loss_f, norm_f)
+    if not updated and hasattr(inner, "undo_step_count"):  # torch's fused kernel keeps its counts on the device
+        inner.undo_step_count()
     return loss_f, norm_f, dict(zip(extras, values[2:])), updated
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from internlm.api import run
+from internlm.components.optimizer.adamw_bf16 import StochasticAdamW
 from internlm.runtime import optimizer_step
 
 
@@ -45,12 +46,16 @@ class _Fabric:  # what update() asks of Fabric on the separate path: torch's own
         return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
 
-def _two_steps(fused: bool, max_norm: float) -> torch.Tensor:
+def _two_steps(fused: bool, max_norm: float, ours: bool = False) -> torch.Tensor:
     """Two AdamW steps on a linear layer, a large gradient (clipped) then a small one: Adam is
-    blind to one constant scale, not to the ratio of two, so clipping shows in the weights."""
+    blind to one constant scale, not to the ratio of two, so clipping shows in the weights.
+    `ours`: optimizer=adamw_bf16's optimizer (fp32 weights: torch's AdamW arithmetic)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 4)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused)
+    if ours:
+        optimizer = StochasticAdamW(model.parameters(), lr=0.1, betas=(0.9, 0.999), weight_decay=0.01)  # torch's defaults
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused)
     for magnitude in (50.0, 0.01):
         for p in model.parameters():
             p.grad = torch.randn_like(p) * magnitude
@@ -59,20 +64,26 @@ def _two_steps(fused: bool, max_norm: float) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def test_the_folded_clip_equals_torchs_clip_then_step(folded_calls):
+@pytest.mark.parametrize("ours", [False, True], ids=["torch-fused-adamw", "adamw_bf16"])
+def test_the_folded_clip_equals_torchs_clip_then_step(folded_calls, ours):
     reference = _two_steps(fused=False, max_norm=1.0)  # clip_grad_norm_, then AdamW's for-loop update
     assert not folded_calls
-    folded = _two_steps(fused=True, max_norm=1.0)
+    folded = _two_steps(fused=True, max_norm=1.0, ours=ours)
     assert len(folded_calls) == 2
     torch.testing.assert_close(folded, reference, rtol=1e-6, atol=1e-7)
     unclipped = _two_steps(fused=False, max_norm=0.0)
     assert (unclipped - reference).abs().max() > 1e-3  # the clip matters in this example
 
 
-def test_a_nan_step_is_skipped_inside_the_fused_kernel(tmp_path, fast_overrides, folded_calls):
+@pytest.mark.parametrize("optimizer", [
+    ["optimizer.fused=true"],
+    # bf16 weights, fp32 master copies: the skip leaves those and the bf16 weights alone, and the step counts go back
+    ["trainer.precision=bf16-true", "optimizer=adamw_bf16", "optimizer.master_weights=true", "optimizer.lr=1e-3"],
+], ids=["torch-fused-adamw", "adamw_bf16-master-weights"])
+def test_a_nan_step_is_skipped_inside_the_fused_kernel(tmp_path, fast_overrides, folded_calls, optimizer):
     import internlm
 
-    overrides = fast_overrides + ["trainer.max_steps=4", "optimizer.fused=true", "trainer.checkpoint_every=1",
+    overrides = fast_overrides + ["trainer.max_steps=4", "trainer.checkpoint_every=1", *optimizer,
                                   "trainer.keep_checkpoints=10", "debug.inject_nan_steps=[3]"]
     losses = run(overrides, tmp_path)["losses"]
     assert len(folded_calls) == 4

@@ -72,26 +72,33 @@ def stochastic_round_(target: torch.Tensor, value: torch.Tensor, generator: torc
 def adamw_chunk_(
     weight: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
     master: torch.Tensor | None, decay: torch.Tensor, step_size: torch.Tensor, bias_correction2_sqrt: torch.Tensor,
+    inv_grad_scale: torch.Tensor | None, skip: torch.Tensor | None,
     beta1: float, beta2: float, eps: float, stochastic: bool,
 ) -> None:
     """One AdamW update of one chunk, in place: fp32 arithmetic, each result written back in its
     tensor's dtype (bf16 stochastically rounded when `stochastic`). With `master` (fp32, the
     weight's copy) the update applies to it and the weight becomes it rounded to nearest.
     decay = 1 - lr x weight_decay, step_size = lr / (1 - beta1^step), bias_correction2_sqrt =
-    (1 - beta2^step)^0.5: 0-d tensors, so that a compiled graph does not specialise on them."""
+    (1 - beta2^step)^0.5: 0-d tensors, so that a compiled graph does not specialise on them.
+    The folded clip (runtime/optimizer_step): the gradient times `inv_grad_scale`, and where
+    `skip` is non-zero every tensor keeps its value (0-d device tensors: no host sync)."""
     grad = grad.float()
-    avg = exp_avg.float().lerp_(grad, 1 - beta1)
-    avg_sq = exp_avg_sq.float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    new_weight = (weight if master is None else master).float().mul_(decay)
+    if inv_grad_scale is not None:
+        grad = grad * inv_grad_scale
+    avg = torch.lerp(exp_avg.float(), grad, 1 - beta1)  # out of place: fp32 states stay as they were until written
+    avg_sq = exp_avg_sq.float().mul(beta2).addcmul_(grad, grad, value=1 - beta2)
+    new_weight = (weight if master is None else master).float().mul(decay)
     denom = (avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
     new_weight.sub_(avg * step_size / denom)
     updates = [(exp_avg, avg), (exp_avg_sq, avg_sq)]
     updates += [(weight, new_weight)] if master is None else [(master, new_weight), (weight, new_weight)]
     for target, value in updates:
+        if skip is not None:
+            value = torch.where(skip > 0, target.float(), value)  # a bf16 value rounds to itself either way
         if target.dtype == torch.bfloat16 and stochastic and master is None:
             stochastic_round_(target, value)
         else:
-            target.copy_(value)  # fp32: value is target itself, updated in place above; bf16: to nearest
+            target.copy_(value)  # bf16: to nearest
 
 
 CHUNK = 1 << 24  # elements updated at once eagerly: bounds the fp32 temporaries (6 x 64 MB)
@@ -112,6 +119,12 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class StochasticAdamW(torch.optim.Optimizer):
+    # runtime/optimizer_step folds the clip and the non-finite skip into the update, as into
+    # torch's fused AdamW: it sets these two 0-d device tensors around step()
+    folds_clip = True
+    grad_scale: torch.Tensor | None = None  # gradients are divided by it
+    found_inf: torch.Tensor | None = None  # non-zero: the step leaves every tensor as it was
+
     def __init__(self, params, lr=1e-5, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, stochastic_rounding=True, fused=None,
                  master_weights=False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
@@ -137,9 +150,19 @@ class StochasticAdamW(torch.optim.Optimizer):
         fused = param.device.type == "cuda" if self.fused is None else self.fused
         return (compiled_update(COMPILE_BACKEND), FUSED_CHUNK) if fused else (adamw_chunk_, CHUNK)
 
+    def undo_step_count(self) -> None:
+        """The last step was skipped on the device (found_inf): its step counts go back, so the
+        bias corrections count the updates that happened (torch's fused kernel does the same)."""
+        for state in self._stepped:
+            state["step"] -= 1
+        self._stepped = []
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
+        self._stepped = []
+        folded = [None if t is None else t.float() for t in (self.grad_scale, self.found_inf)]
+        inv_grad_scale = None if folded[0] is None else 1.0 / folded[0]
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr = group["lr"]
@@ -155,6 +178,7 @@ class StochasticAdamW(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(param, dtype=moments)
                     state["exp_avg_sq"] = torch.zeros_like(param, dtype=moments)
                 state["step"] += 1
+                self._stepped.append(state)
                 step = float(state["step"])
                 scalars = [
                     torch.tensor(value, dtype=torch.float32)
@@ -169,7 +193,8 @@ class StochasticAdamW(torch.optim.Optimizer):
                 for start in range(0, flat[0].numel(), chunk):
                     pieces = [t[start : start + chunk].detach() for t in flat]
                     master = pieces[4] if len(pieces) == 5 else None
-                    update(*pieces[:4], master, *scalars, beta1, beta2, group["eps"], self.stochastic_rounding)
+                    update(*pieces[:4], master, *scalars, inv_grad_scale, folded[1], beta1, beta2, group["eps"],
+                           self.stochastic_rounding)
         return loss
 
 
