@@ -272,6 +272,7 @@ def save(
     `components` maps each group to its registered name, so a reader can rebuild typed configs.
     Returns the checkpoint's final path (with `async_save`, complete only once committed)."""
     wait_for_pending()  # one save in flight at a time; the previous one is committed first
+    _async_process_group(OmegaConf.select(config, "trainer.collective_timeout_s", default=None))  # made once, here
     root = checkpoint_root(run_dir)
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".{final.name}.partial"
@@ -406,15 +407,21 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _async_process_group():
+def _async_process_group(timeout_s: float | None = None):
     """A separate gloo group for the background writer's collectives, so they never interleave
-    with the training collectives of the main thread (created once, by every rank)."""
+    with the training collectives of the main thread (created once, by every rank, at the first
+    save). `timeout_s`: trainer.collective_timeout_s: a new group does not inherit the world
+    group's timeout, and a rank frozen inside a checkpoint write would otherwise be waited for
+    torch's 30 minutes."""
+    import datetime
+
     import torch.distributed as dist
 
     if not _distributed():
         return None
     if not _ASYNC_GROUP:
-        _ASYNC_GROUP.append(dist.new_group(backend="gloo"))
+        timeout = None if timeout_s is None else datetime.timedelta(seconds=float(timeout_s))
+        _ASYNC_GROUP.append(dist.new_group(backend="gloo", timeout=timeout))
     return _ASYNC_GROUP[0]
 
 

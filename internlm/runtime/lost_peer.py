@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # What gloo and NCCL say when another process of the group is gone or no longer answers
 PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote process exited", "Broken pipe",
-             "Timed out waiting")
+             "Timed out waiting", "Application timeout caused pair closure")  # the last two: gloo, past the timeout
 
 
 def in_group() -> bool:
@@ -30,7 +30,7 @@ def names_lost_peer(exc: BaseException) -> bool:
             return False
         if isinstance(error, dist.DistError) or any(text in str(error) for text in PEER_LOST):
             return True
-        error = error.__cause__ or error.__context__
+        error = error.__cause__  # explicit causes only: an error raised while handling one is not it
     return False
 
 

@@ -62,19 +62,24 @@ class Eval(Task):
             datasets = load_suite(suite)
             check_models(sources, datasets)
             joined = join_ranks(cfg)  # under torchrun: items split across the ranks, gathered on each
-            columns = _column_names(sources)  # one per source, unique even when a source repeats
-            records = {d.name: {} for d in datasets}
-            for source, column in zip(sources, columns):
-                lm = open_model(source, cfg)
-                for dataset in datasets:
-                    log.info("eval %s on %s (%d items)", dataset.name, column, len(dataset.items))
-                    records[dataset.name][column] = predict_all_ranks(dataset, lm)
-                del lm
-            models = dict(zip(columns, sources))
-            if joined:
+            try:
+                columns = _column_names(sources)  # one per source, unique even when a source repeats
+                records = {d.name: {} for d in datasets}
+                for source, column in zip(sources, columns):
+                    lm = open_model(source, cfg)
+                    for dataset in datasets:
+                        log.info("eval %s on %s (%d items)", dataset.name, column, len(dataset.items))
+                        records[dataset.name][column] = predict_all_ranks(dataset, lm)
+                    del lm
+                models = dict(zip(columns, sources))
                 results = write_results(ctx.run_dir, datasets, models, records, write=_rank() == 0)
+            except BaseException:
+                if joined:
+                    leave_ranks(wait_for_others=False)  # the others may never arrive: no barrier
+                raise
+            if joined:
                 leave_ranks()
-                return results
+            return results
         return write_results(ctx.run_dir, datasets, models, records, write=_rank() == 0)
 
     def sources(self, ctx: RunContext) -> list[str]:
@@ -135,12 +140,14 @@ def join_ranks(cfg: EvalTaskConfig) -> bool:
     return True
 
 
-def leave_ranks() -> None:
-    """Tear the group down once every rank is done: a gloo group left to the interpreter's exit
-    can abort a rank ("terminate called without an active exception") after its work is written."""
+def leave_ranks(wait_for_others: bool = True) -> None:
+    """Tear the group down (once every rank is done, unless this one failed): a gloo group left to
+    the interpreter's exit can abort a rank ("terminate called without an active exception")
+    after its work is written, or hide a failure's exit code."""
     import torch.distributed as dist
 
-    dist.barrier()
+    if wait_for_others:
+        dist.barrier()
     dist.destroy_process_group()
 
 

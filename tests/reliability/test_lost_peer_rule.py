@@ -21,6 +21,8 @@ def test_gloo_failures_of_a_gone_or_frozen_peer_read_as_lost():
     assert names_lost_peer(RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:4567"))
     # what gloo raised in a 2-process run whose other rank slept past the group's 3 s timeout
     assert names_lost_peer(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 3000ms for recv operation to complete"))
+    # and what DDP's backward raised on the survivor of a SIGSTOPped rank (tests/reliability/test_lost_rank.py)
+    assert names_lost_peer(RuntimeError("Application timeout caused pair closure"))
 
 
 def test_a_dcp_write_that_failed_because_a_rank_died_reads_as_lost():

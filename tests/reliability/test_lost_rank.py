@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from internlm.runtime import checkpoint
 
@@ -102,15 +103,33 @@ def test_a_killed_rank_stops_the_survivor_with_one_message_and_the_run_resumes(t
 
 
 FROZEN_TIMEOUT_S = 30  # above a rank's start-up on a 2-core machine: the group's rendezvous waits as long
+SECOND = "step-00000020"
 
 
-def test_a_frozen_rank_stops_the_survivor_after_the_collective_timeout(tmp_path):
+def wait_inside_second_write(proc: subprocess.Popen, run_dir: Path) -> bool:
+    """Until rank 0 has written the second checkpoint's extras: both ranks are past the write's
+    barrier and asleep in debug.slow_checkpoint_s; rank 0 then waits on the checkpoint's own gloo
+    group (not the training group) for every rank's verdict."""
+    extras = checkpoint.checkpoint_root(run_dir) / f".{SECOND}.partial" / checkpoint.EXTRAS
+    while proc.poll() is None:
+        if extras.exists():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("where", ["in a step", "in a checkpoint write"])
+def test_a_frozen_rank_stops_the_survivor_after_the_collective_timeout(tmp_path, where):
     """SIGSTOP, not a kill: no connection closes, the survivor only sees silence. It waits
-    trainer.collective_timeout_s (not torch's 30 minutes), then stops with the same one message."""
+    trainer.collective_timeout_s (not torch's 30 minutes), then stops with the same one message:
+    in a step (the training group) and inside a checkpoint write (the checkpoint's gloo group)."""
+    extra = [f"trainer.collective_timeout_s={FROZEN_TIMEOUT_S}"]
+    if where == "in a checkpoint write":
+        extra.append("debug.slow_checkpoint_s=4")
     for attempt in (1, 2):  # a gloo launch rarely aborts while connecting: retried once
         run_dir = tmp_path / f"run{attempt}"
-        proc = start(run_dir, f"trainer.collective_timeout_s={FROZEN_TIMEOUT_S}")
-        if wait_for_checkpoint(proc, run_dir):
+        proc = start(run_dir, *extra)
+        if wait_for_checkpoint(proc, run_dir) and (where == "in a step" or wait_inside_second_write(proc, run_dir)):
             break
         take_down(proc)
     else:
@@ -127,7 +146,8 @@ def test_a_frozen_rank_stops_the_survivor_after_the_collective_timeout(tmp_path)
     waited = time.monotonic() - frozen_at
     err = proc.log.read_text()
     assert code == 2 and "Traceback" not in err, err[-3000:]
-    assert "stopped answering" in err and "rank 0 of 2 cannot go on" in err and "Timed out" in err, err[-3000:]
+    assert "stopped answering" in err and "rank 0 of 2 cannot go on" in err, err[-3000:]
+    assert "Timed out waiting" in err or "Application timeout" in err, err[-3000:]  # gloo's two words for it
     assert FROZEN_TIMEOUT_S - 1 <= waited, f"stopped after {waited:.0f} s: before the timeout, so not for it"
     complete = checkpoint.complete_checkpoints(run_dir)
-    assert complete and all(checkpoint.damage(c) is None for c in complete)
+    assert [c.name for c in complete] == [FIRST] and checkpoint.damage(complete[0]) is None

@@ -47,7 +47,8 @@ def test_two_processes_write_what_one_writes(tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     done = torchrun(tmp_path / "two", overrides, driver)
-    if done.returncode != 0 and "internlm.errors" not in done.stderr:  # gloo's rare abort (not our error): once more
+    # a rare start-up failure of gloo's rendezvous: once more; never for our error or an abort at exit
+    if done.returncode != 0 and not any(text in done.stderr for text in ("internlm.errors", "terminate called")):
         shutil.rmtree(tmp_path / "two", ignore_errors=True)
         done = torchrun(tmp_path / "two", overrides, driver)
     assert done.returncode == 0, done.stderr[-3000:]
