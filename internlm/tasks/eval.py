@@ -11,12 +11,13 @@ happens before the first model loads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -61,8 +62,7 @@ class Eval(Task):
             sources = self.sources(ctx)
             datasets = load_suite(suite)
             check_models(sources, datasets)
-            joined = join_ranks(cfg)  # under torchrun: items split across the ranks, gathered on each
-            try:
+            with joined_ranks(cfg):  # under torchrun: items split across the ranks, gathered on each
                 columns = _column_names(sources)  # one per source, unique even when a source repeats
                 records = {d.name: {} for d in datasets}
                 for source, column in zip(sources, columns):
@@ -71,15 +71,7 @@ class Eval(Task):
                         log.info("eval %s on %s (%d items)", dataset.name, column, len(dataset.items))
                         records[dataset.name][column] = predict_all_ranks(dataset, lm)
                     del lm
-                models = dict(zip(columns, sources))
-                results = write_results(ctx.run_dir, datasets, models, records, write=_rank() == 0)
-            except BaseException:
-                if joined:
-                    leave_ranks(wait_for_others=False)  # the others may never arrive: no barrier
-                raise
-            if joined:
-                leave_ranks()
-            return results
+                return write_results(ctx.run_dir, datasets, dict(zip(columns, sources)), records, write=_rank() == 0)
         return write_results(ctx.run_dir, datasets, models, records, write=_rank() == 0)
 
     def sources(self, ctx: RunContext) -> list[str]:
@@ -126,29 +118,27 @@ def check_models(sources: list[str], datasets: list[Dataset]) -> None:
             )
 
 
-def join_ranks(cfg: EvalTaskConfig) -> bool:
+@contextlib.contextmanager
+def joined_ranks(cfg: EvalTaskConfig) -> Iterator[None]:
     """A launch of several processes (torchrun: WORLD_SIZE, RANK, MASTER_ADDR set) joins one
-    process group: gloo on CPU, NCCL with one GPU per local rank. True when this call made it."""
+    process group for the block: gloo on CPU, NCCL with one GPU per local rank. It is torn down
+    at the end (after every rank is done; at once if this one failed: the others may never
+    arrive): a gloo group left to the interpreter's exit can abort a rank ("terminate called
+    without an active exception") after its work is written, or hide a failure's exit code."""
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return False
+        yield
+        return
     cuda = cfg.device != "cpu" and torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo")
-    return True
-
-
-def leave_ranks(wait_for_others: bool = True) -> None:
-    """Tear the group down (once every rank is done, unless this one failed): a gloo group left to
-    the interpreter's exit can abort a rank ("terminate called without an active exception")
-    after its work is written, or hide a failure's exit code."""
-    import torch.distributed as dist
-
-    if wait_for_others:
+    try:
+        yield
         dist.barrier()
-    dist.destroy_process_group()
+    finally:
+        dist.destroy_process_group()
 
 
 def _rank() -> int:

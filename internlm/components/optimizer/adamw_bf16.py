@@ -161,8 +161,8 @@ class StochasticAdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure() if closure is not None else None
         self._stepped = []
-        folded = [None if t is None else t.float() for t in (self.grad_scale, self.found_inf)]
-        inv_grad_scale = None if folded[0] is None else 1.0 / folded[0]
+        inv_grad_scale = None if self.grad_scale is None else 1.0 / self.grad_scale.float()
+        skip = None if self.found_inf is None else self.found_inf.float()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr = group["lr"]
@@ -188,13 +188,11 @@ class StochasticAdamW(torch.optim.Optimizer):
                 # eagerly, the 7B's 422M-element embedding in one piece would cost ~8 GB of fp32
                 # scratch. detach(): a chunk without a `_base`, so that the compiled graph does
                 # not guard on (and recompile for) the parameter's shape.
-                tensors = (param.data, param.grad, state["exp_avg"], state["exp_avg_sq"]) + ((state["master"],) if "master" in state else ())
-                flat = [local(t).view(-1) for t in tensors]
+                flat = [local(t).view(-1) if t is not None else None
+                        for t in (param.data, param.grad, state["exp_avg"], state["exp_avg_sq"], state.get("master"))]
                 for start in range(0, flat[0].numel(), chunk):
-                    pieces = [t[start : start + chunk].detach() for t in flat]
-                    master = pieces[4] if len(pieces) == 5 else None
-                    update(*pieces[:4], master, *scalars, inv_grad_scale, folded[1], beta1, beta2, group["eps"],
-                           self.stochastic_rounding)
+                    pieces = [t[start : start + chunk].detach() if t is not None else None for t in flat]
+                    update(*pieces, *scalars, inv_grad_scale, skip, beta1, beta2, group["eps"], self.stochastic_rounding)
         return loss
 
 

@@ -32,6 +32,6 @@ class DDP(Strategy):
     def fabric_strategy(self, layout: ParallelLayout, precision: str, parallelize=None, timeout=None):
         from lightning.fabric.strategies import DDPStrategy
 
-        extra = {} if timeout is None else {"timeout": timeout}
-        return DDPStrategy(bucket_cap_mb=self.config.bucket_cap_mb, find_unused_parameters=self.config.exact_resume, **extra)
+        return DDPStrategy(bucket_cap_mb=self.config.bucket_cap_mb, find_unused_parameters=self.config.exact_resume,
+                           timeout=timeout)  # None: torch's default
 

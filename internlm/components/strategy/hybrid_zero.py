@@ -101,7 +101,7 @@ class HybridZero(Strategy):
             parallelize_fn=parallelize,
             data_parallel_size=layout.dp_size,
             tensor_parallel_size=layout.tensor,
-            **({} if timeout is None else {"timeout": timeout}),
+            timeout=timeout,  # None: torch's default
         )
         strategy._backward_sync_control = sharded_gradient_accumulation()  # keep gradients sharded between micro batches
         return strategy
