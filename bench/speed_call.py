@@ -53,16 +53,20 @@ VARIANTS = {  # tag -> the program's overrides beyond PROGRAM
     "fp8true": ["trainer.precision=bf16-true", "optimizer=adamw_bf16", "model.kernels.matmul=fp8_tensorwise"],
     # the same bf16 compute with fp32 master weights and moments in the optimizer: torchtitan's numerics
     "bf16master": ["trainer.precision=bf16-true", "optimizer=adamw_bf16", "optimizer.master_weights=true"],
+    "fp8master": ["trainer.precision=bf16-true", "optimizer=adamw_bf16", "optimizer.master_weights=true",
+                  "model.kernels.matmul=fp8_tensorwise"],
 }
+VARIANTS["bf16masterbefore"] = VARIANTS["bf16master"]  # A/B of a change on the bf16master program
 BEFORE = {"dir": None}  # set by --before: a folder holding `internlm/` of the earlier commit
 PROFILE_START, PROFILE_STEPS, STEPS = 11, 2, 14  # steps 11-13 are left out of the throughput (13 ends the profiler)
 TIMED = [  # (kind, tag, what) in order; "repeat" rows run only while the budget lasts
     ("ours", "bf16", True), ("peer", "peer-bf16", PEER), ("ours", "bf16before", False), ("ours", "fp8", True),
     ("peer", "peer-fp8", PEER_FP8), ("ours", "bf16-2", False), ("ours", "bf16before-2", False), ("ours", "fp8-2", False),
     ("ours", "bf16true", True), ("ours", "fp8true", False), ("ours", "bf16true-2", False), ("ours", "fp8true-2", False),
-    ("ours", "bf16master", True), ("ours", "bf16master-2", False),
+    ("ours", "bf16master", True), ("ours", "bf16master-2", False), ("ours", "fp8master", True), ("ours", "fp8master-2", False),
+    ("ours", "bf16masterbefore", False), ("ours", "bf16masterbefore-2", False),
 ]
-PROFILED = {"bf16", "fp8", "bf16true", "bf16master"}  # the first run of these is profiled
+PROFILED = {"bf16", "fp8", "bf16true", "bf16master", "fp8master"}  # the first run of these is profiled
 
 
 def program_env(tag: str) -> dict:

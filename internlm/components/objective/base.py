@@ -24,7 +24,7 @@ from internlm.batch import Batch
 @dataclass
 class StepResult:
     loss_sum: torch.Tensor  # scalar, summed over the micro batch's units; the backward runs through it
-    count: int  # units summed in loss_sum (the same number units(batch) returned)
+    count: int | torch.Tensor  # units summed in loss_sum (what units(batch) returned); a device scalar avoids a host sync
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> sum over units (reported as a mean)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from internlm.batch import Batch
+from internlm.batch import IGNORE_INDEX, Batch
 from internlm.components.objective.base import Objective, StepResult
 from internlm.registry import register
 
@@ -28,4 +28,6 @@ class NextToken(Objective):
 
     def step(self, model: torch.nn.Module, batch: Batch) -> StepResult:
         loss_sum = model(batch.input_ids, labels=batch.labels, **batch.model_inputs())
-        return StepResult(loss_sum=loss_sum, count=batch.num_loss_tokens)
+        # Counted on the batch's device: `batch.num_loss_tokens` here would read a GPU value on the
+        # host between forward and backward, draining the GPU (seen: a 3 ms idle gap per step).
+        return StepResult(loss_sum=loss_sum, count=(batch.labels != IGNORE_INDEX).sum())
