@@ -110,12 +110,7 @@ COMPILE_BACKEND = "inductor"  # CPU tests use "aot_eager": the same graph captur
 
 @functools.cache
 def compiled_update(backend: str):
-    # Coordinate-descent tuning: inductor's default pick between its two pointwise configs is a
-    # benchmark that chose the slower one (1,024 elements x 4 warps, 80 registers: 1.63 ms per
-    # 128M-element chunk, against 0.97 ms for 512 x 8 warps) in one of two fresh H200 runs; the
-    # descent searches around that pick (bench/NOTES.md, session 2026-12-02 #4).
-    options = {"coordinate_descent_tuning": True} if backend == "inductor" else None
-    return torch.compile(adamw_chunk_, fullgraph=True, dynamic=True, backend=backend, options=options)
+    return torch.compile(adamw_chunk_, fullgraph=True, dynamic=True, backend=backend)
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:
