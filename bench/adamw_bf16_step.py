@@ -41,12 +41,12 @@ BYTES_PER_ELEMENT = {"eager": 252, "fused": 14, "fused_master": 28, "torch_fused
 FLOOR_BYTES = {"eager": 14, "fused": 14, "fused_master": 28, "torch_fused_fp32": 28}
 
 
-def load_adamw_bf16():
+def load_adamw_bf16(path: Path = FILE):
     if "internlm.registry" not in sys.modules:
         registry = types.ModuleType("internlm.registry")
         registry.register = lambda group, name, config: (lambda cls: cls)
         sys.modules["internlm.registry"] = registry
-    spec = importlib.util.spec_from_file_location("adamw_bf16_bench", FILE)
+    spec = importlib.util.spec_from_file_location("adamw_bf16_bench", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -136,11 +136,12 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first compiles), at least 1")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (a smoke test: no timing claims)")
     parser.add_argument("--rows", default="eager,fused,fused_master,torch_fused_fp32")
+    parser.add_argument("--file", type=Path, default=FILE, help="adamw_bf16.py to time (e.g. an earlier commit's copy)")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.cpu else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device: pass --cpu for the smoke test")
-    module = load_adamw_bf16()
+    module = load_adamw_bf16(args.file)
     shape_list = shapes(args.elements)
     print(json.dumps({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
                       "shapes": sorted({str(list(s)) for s in shape_list}), "chunk": module.CHUNK, "fused_chunk": module.FUSED_CHUNK}),
