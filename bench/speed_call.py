@@ -4,6 +4,8 @@ profiled in bf16 and fp8 tensorwise, beside torchtitan (bf16 and its own float8)
 gate/up fused into one matmul each: not faster, so that variant is gone; bench/NOTES.md.)
 
     python bench/speed_call.py --out "$OUT" --budget 420
+    python bench/speed_call.py --out "$OUT" --budget 430 --only bf16master,peer-bf16,fp8master,peer-fp8
+    python bench/speed_call.py --out "$OUT" --before .before --only bf16master,bf16masterbefore   # an A/B
     python bench/speed_call.py --out /tmp/speed --cpu       # smoke test of this driver (tiny model, CPU)
 
 1. Warm-up, all at once: every configuration once at ONE layer for two steps. Every block has the
@@ -57,7 +59,7 @@ VARIANTS = {  # tag -> the program's overrides beyond PROGRAM
                   "model.kernels.matmul=fp8_tensorwise"],
 }
 VARIANTS["bf16masterbefore"] = VARIANTS["bf16master"]  # A/B of a change on the bf16master program
-BEFORE = {"dir": None}  # set by --before: a folder holding `internlm/` of the earlier commit
+BEFORE = {"dir": None}  # set by --before: a folder holding `internlm/` and `conf/` of the earlier commit
 PROFILE_START, PROFILE_STEPS, STEPS = 11, 2, 14  # steps 11-13 are left out of the throughput (13 ends the profiler)
 TIMED = [  # (kind, tag, what) in order; "repeat" rows run only while the budget lasts
     ("ours", "bf16", True), ("peer", "peer-bf16", PEER), ("ours", "bf16before", False), ("ours", "fp8", True),
@@ -191,7 +193,7 @@ def main() -> int:
     p.add_argument("--warm-timeout", type=float, default=170)
     p.add_argument("--cpu", action="store_true", help="smoke test: the tiny default model on the CPU, no peer")
     p.add_argument("--only", default=None, help="comma-separated tags of the timed rows to run, in that order (e.g. peer-bf16,peer-fp8,bf16-2)")
-    p.add_argument("--before", default=None, help="folder with the earlier commit's internlm/ (git archive REV internlm | tar -x -C DIR)")
+    p.add_argument("--before", default=None, help="folder with the earlier commit's internlm/ and conf/ (git archive REV internlm conf | tar -x -C DIR)")
     args = p.parse_args()
     BEFORE["dir"] = args.before
     os.makedirs(args.out, exist_ok=True)
