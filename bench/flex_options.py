@@ -33,6 +33,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from internlm.components.model import attention_backends  # noqa: E402
+from internlm.document_layout import DocumentLayout  # noqa: E402
+from internlm.planning.flops import document_lengths_from_positions  # noqa: E402
+
 # name -> (torch.compile mode, flex kernel_options); fwd_/bwd_ keys reach one kernel only.
 # torch's sm90 defaults for bf16, head dim 128: forward 128 x 64 tiles, 3 stages, 8 warps;
 # backward BLOCK_M1/N1/M2/N2 = 64/128/128/64, 3 stages, 8 warps.
@@ -52,10 +56,11 @@ VARIANTS: dict[str, tuple[str | None, dict]] = {
 }
 
 
-def program_layouts(batches: int, cpu: bool) -> list[list[list[int]]]:
-    """Document lengths per row of the program's first batches (the bundled corpus)."""
+def program_positions(batches: int, cpu: bool) -> list[torch.Tensor]:
+    """position_ids [4, 4096] of the program's first batches (the bundled corpus)."""
     if cpu:
-        return [[[40, 24], [64]], [[10, 30, 24], [64]]][:batches]
+        return [torch.tensor([list(range(40)) + list(range(24)), list(range(64))]),
+                torch.tensor([list(range(10)) + list(range(30)) + list(range(24)), list(range(64))])][:batches]
     from internlm.api import compose
     from internlm import registry
     from internlm.planning import to_typed
@@ -63,29 +68,14 @@ def program_layouts(batches: int, cpu: bool) -> list[list[list[int]]]:
     config = to_typed(compose(["model=internlm_7b", "data.seq_len=4096", "data.global_batch_size=4"]))
     data = registry.build(config.data, registry.build(config.tokenizer))
     loader = iter(data.train_loader(micro_batch_size=4, dp_rank=0, dp_size=1, seed=config.trainer.seed))
-    out = []
-    for _ in range(batches):
-        positions = next(loader).position_ids
-        rows = []
-        for row in positions.tolist():
-            starts = [i for i, p in enumerate(row) if p == 0] + [len(row)]
-            rows.append([b - a for a, b in zip(starts, starts[1:])])
-        out.append(rows)
-    return out
+    return [next(loader).position_ids for _ in range(batches)]
 
 
-def document_ids(rows: list[list[int]], device) -> torch.Tensor:
-    return torch.tensor([[d for d, n in enumerate(row) for _ in range(n)] for row in rows], device=device)
-
-
-def block_mask(ids: torch.Tensor):
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    def same_document_causal(b, h, q_idx, kv_idx):
-        return (ids[b, q_idx] == ids[b, kv_idx]) & (q_idx >= kv_idx)
-
-    batch, seq = ids.shape
-    return create_block_mask(same_document_causal, batch, None, seq, seq, device=ids.device)
+def block_mask(positions: torch.Tensor, device):
+    """The block mask the program's flex backend builds for these rows (attention_backends.py)."""
+    layout = DocumentLayout.from_positions(positions.to(device))
+    attention_backends.BACKENDS["flex"].prepare(layout)
+    return layout.cache["flex_block_mask"]
 
 
 def run_variant(name: str, layouts, shape, device, reps: int, reference: dict | None) -> dict:
@@ -98,7 +88,7 @@ def run_variant(name: str, layouts, shape, device, reps: int, reference: dict | 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator(device="cpu").manual_seed(0)
     q, k, v, grad = (torch.randn(batch, seq, heads, dim, generator=g).to(device, dtype) for _ in range(4))
-    masks = [block_mask(document_ids(rows, device)) for rows in layouts]
+    masks = [block_mask(positions, device) for positions in layouts]
 
     def call(mask, backward: bool):
         qs, ks, vs = (t.detach().requires_grad_(backward) for t in (q, k, v))
@@ -158,11 +148,11 @@ def main() -> int:
     shape = (2, 64, 2, 16) if args.cpu else (4, 4096, 32, 128)
     names = args.variants.split(",")
     if args.one:
-        run_variant(args.one, program_layouts(1, args.cpu), shape, device, 1, None)
+        run_variant(args.one, program_positions(1, args.cpu), shape, device, 1, None)
         return 0
     os.makedirs(args.out, exist_ok=True)
-    layouts = program_layouts(args.batches, args.cpu)
-    docs = [len(row) for rows in layouts for row in rows]
+    layouts = program_positions(args.batches, args.cpu)
+    docs = [len(document_lengths_from_positions([row])) for positions in layouts for row in positions.tolist()]
     print(json.dumps({"layouts": len(layouts), "docs_per_row": docs, "torch": torch.__version__}), flush=True)
     if not args.cpu:  # fill the compile cache, all variants at once
         procs = [(n, subprocess.Popen([sys.executable, __file__, "--one", n], cwd=ROOT, stdout=subprocess.DEVNULL,

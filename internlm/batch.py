@@ -52,9 +52,13 @@ class Batch:
     def num_tokens(self) -> int:
         return self.input_ids.numel()
 
+    def loss_token_count(self) -> torch.Tensor:
+        """The labelled tokens as a 0-d tensor on the batch's device: no host sync on a GPU batch."""
+        return (self.labels != IGNORE_INDEX).sum()
+
     @property
     def num_loss_tokens(self) -> int:
-        return int((self.labels != IGNORE_INDEX).sum())
+        return int(self.loss_token_count())
 
     def model_inputs(self) -> dict:
         return {

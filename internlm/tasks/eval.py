@@ -58,6 +58,7 @@ class Eval(Task):
             datasets = load_suite(suite, with_items=False)
             records, columns = read_predictions(Path(cfg.predictions) if cfg.predictions else ctx.run_dir, datasets)
             models = {column: column for column in columns}
+            writer = _rank() == 0
         else:
             sources = self.sources(ctx)
             datasets = load_suite(suite)
@@ -71,8 +72,9 @@ class Eval(Task):
                         log.info("eval %s on %s (%d items)", dataset.name, column, len(dataset.items))
                         records[dataset.name][column] = predict_all_ranks(dataset, lm)
                     del lm
-                return write_results(ctx.run_dir, datasets, dict(zip(columns, sources)), records, write=_rank() == 0)
-        return write_results(ctx.run_dir, datasets, models, records, write=_rank() == 0)
+                models = dict(zip(columns, sources))
+                writer = _rank() == 0  # asked while the group stands; rank 0 writes once all are done
+        return write_results(ctx.run_dir, datasets, models, records, write=writer)
 
     def sources(self, ctx: RunContext) -> list[str]:
         models = list(self.config.models) or ([ctx.config.checkpoint] if ctx.config.checkpoint else [])
