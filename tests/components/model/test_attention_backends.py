@@ -90,6 +90,48 @@ def test_flex_document_mask_forward_on_cpu(kv_heads):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_layout_knows_one_document_per_row_only_from_the_loaders_boundaries():
+    """The flag comes from cu_seqlens' length (a host-side shape), never from reading device ids."""
+    from internlm.batch import cu_seqlens_from_positions
+
+    whole = torch.arange(16).expand(3, 16)
+    continued = torch.tensor([list(range(16)), list(range(40, 56)), list(range(7, 23))])  # pieces of long documents
+    packed = torch.tensor([list(range(16)), list(range(9)) + list(range(7)), list(range(16))])
+    for positions, expected in ((whole, True), (continued, True), (packed, False)):
+        cu, longest = cu_seqlens_from_positions(positions)
+        assert DocumentLayout.from_positions(positions, cu, longest).one_document_per_row is expected
+    assert not DocumentLayout.from_positions(whole).one_document_per_row  # no boundaries given: not assumed
+    cu, longest = cu_seqlens_from_positions(whole)  # a shape, not values: no device sync (meta has no values)
+    assert DocumentLayout.from_positions(whole.to("meta"), cu.to("meta"), longest).one_document_per_row
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention.*")
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_flex_rows_of_one_document_take_the_causal_kernel(kv_heads):
+    """One document per row: SDPA's causal kernel, with no block mask built, gives eager's answer
+    (grouped-query heads included); a packed batch keeps flex's block mask."""
+    from internlm.batch import cu_seqlens_from_positions
+
+    reason = ab.BACKENDS["flex"].available(CPU)
+    if reason and "no backward on CPU" not in reason:
+        pytest.skip(reason)
+    g = torch.Generator().manual_seed(5)
+    positions = torch.tensor([list(range(64)), list(range(100, 164))])
+    q, k, v = (t.detach() for t in qkv(2, 64, 4, kv_heads, 8, g))
+    layout = DocumentLayout.from_positions(positions, *cu_seqlens_from_positions(positions))
+    ab.BACKENDS["flex"].prepare(layout)  # what the compiled block's pre-forward hook does
+    got = ab.flex_attention(q, k, v, layout, 0.3)
+    assert "flex_block_mask" not in layout.cache
+    expected = ab.eager_attention(q, k, v, DocumentLayout.from_positions(positions), 0.3)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    packed = torch.tensor([list(range(30)) + list(range(34)), list(range(64))])
+    layout = DocumentLayout.from_positions(packed, *cu_seqlens_from_positions(packed))
+    ab.BACKENDS["flex"].prepare(layout)
+    got = ab.flex_attention(q, k, v, layout, 0.3)
+    assert "flex_block_mask" in layout.cache
+    torch.testing.assert_close(got, ab.eager_attention(q, k, v, DocumentLayout.from_positions(packed), 0.3), rtol=1e-5, atol=1e-5)
+
+
 def test_sdpa_causal_equals_eager_only_with_one_document_per_row():
     g = torch.Generator().manual_seed(4)
     q, k, v = (t.detach() for t in qkv(2, 32, 4, 2, 8, g))
