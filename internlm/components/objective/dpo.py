@@ -58,6 +58,8 @@ def pair_count(batch: Batch) -> int:
         raise ConfigError(
             "objective=dpo needs preference pairs, this batch has none", where="data", fix="use data=preference"
         )
+    if batch.pair_keys is not None:  # one key per pair: a shape, so a GPU batch is not read (no host sync)
+        return batch.pair_keys.numel()
     return int(batch.sequence_pair.max()) + 1 if batch.sequence_pair.numel() else 0
 
 

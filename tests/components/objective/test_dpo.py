@@ -131,6 +131,15 @@ def test_pair_logps_and_step_match_plain_pytorch(tmp_path, tokenizer):
     assert result.metrics["rewards/accuracies"].item() == float((margin > 0).sum())
 
 
+def test_pair_count_reads_no_tensor_values(tmp_path, tokenizer):
+    """The count comes from pair_keys' shape: on a GPU batch, reading sequence_pair would stall the
+    host mid-step. A meta-device batch has shapes but no values, so any read would fail here."""
+    data = build(tokenizer, write(tmp_path / "p.jsonl", PAIRS))
+    batch = data.train_rows.get(list(range(len(data.train_rows)))).to_batch()
+    assert DPO().units(batch) == int(batch.sequence_pair.max()) + 1 == 3
+    assert DPO().units(batch.to("meta")) == 3
+
+
 @pytest.mark.parametrize(
     "record,reason",
     [
