@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from internlm.batch import cu_seqlens_on
+from internlm.components.model import document_block_mask
 from internlm.document_layout import DocumentLayout
 from internlm.errors import ConfigError
 
@@ -179,6 +180,11 @@ def _prepare_flex(layout: DocumentLayout) -> None:
     if _flex_module is None:
         _flex_available(ids.device)
     batch, seq = ids.shape
+    if document_block_mask.builds(seq):  # from the tiles' document ids, not S x S mask calls
+        layout.cache["flex_block_mask"] = document_block_mask.document_block_mask(
+            ids, _flex_module.BlockMask, _document_mask_mod(ids)
+        )
+        return
     kwargs = {}
     if ids.is_cuda and "_compile" in inspect.signature(_flex_module.create_block_mask).parameters:
         kwargs["_compile"] = True  # builds the mask without materialising S x S booleans
