@@ -81,7 +81,8 @@ PROFILED = {"bf16", "fp8", "bf16true", "bf16master", "fp8master", "bf16masterlon
 
 
 def program_env(tag: str) -> dict:
-    return dict(os.environ, PYTHONUNBUFFERED="1")
+    # TORCH_LOGS=recompiles: a new batch layout must not recompile a block (logs.txt shows any)
+    return dict(os.environ, PYTHONUNBUFFERED="1", TORCH_LOGS="recompiles")
 
 
 def program_cmd(tag: str, layers: int, steps: int, out: str, cpu: bool, profile: bool, trace: bool) -> list[str]:
