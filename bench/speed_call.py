@@ -180,8 +180,10 @@ def forget_autotune_picks(log) -> int:
     """Delete inductor's stored tiling picks (`*.best_config`) made during the concurrent warm-up:
     timed while six processes shared the GPU, a pick can keep the slower tiling, and every later run
     would reuse it. The compiled kernels stay cached; each timed run re-times its tilings alone."""
-    roots = [os.environ.get("TORCHINDUCTOR_CACHE_DIR", os.path.expanduser("~/.cache/internlm/inductor")),
-             f"/tmp/torchinductor_{os.environ.get('USER', 'root')}"]
+    sys.path.insert(0, ROOT)
+    from internlm.paths import compile_cache_dirs
+
+    roots = [compile_cache_dirs()["TORCHINDUCTOR_CACHE_DIR"], f"/tmp/torchinductor_{os.environ.get('USER', 'root')}"]  # ours, the peer's
     removed = 0
     for root in roots:
         for folder, _, files in os.walk(root):

@@ -23,7 +23,8 @@ class DocumentLayout:
     cache: dict[str, Any] = field(default_factory=dict)  # per-backend prepared masks
     # Every row holds one document (or one piece of one): plain causal attention per row. Known on
     # the host only from the loader's cu_seqlens (its length is a shape: no device sync), so a
-    # batch without them, or whose boundaries moved, keeps False.
+    # batch without them, or whose boundaries moved, keeps False. A plain bool set eagerly, not a
+    # property: compiled blocks then guard on it, not on cu_seqlens' length, which changes per batch.
     one_document_per_row: bool = False
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -17,3 +18,13 @@ def conf_dir() -> Path:
         if (candidate / "config.yaml").is_file():
             return candidate
     raise FileNotFoundError(f"cannot find internlm's conf/ next to {PACKAGE_DIR}")
+
+
+def compile_cache_dirs() -> dict[str, str]:
+    """torch.compile's persistent caches: the user's cache folder (not /tmp), unless
+    TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR say otherwise."""
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "internlm"
+    return {
+        "TORCHINDUCTOR_CACHE_DIR": os.environ.get("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor")),
+        "TRITON_CACHE_DIR": os.environ.get("TRITON_CACHE_DIR", str(root / "triton")),
+    }

@@ -30,8 +30,7 @@ def builds(seq_len: int) -> bool:
 
 def tile_classes(document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(partial, full) tile maps [B, 1, T, T] bool for document ids [B, S], T = S / BLOCK."""
-    batch, seq = document_ids.shape
-    tiles = seq // BLOCK
+    tiles = document_ids.shape[1] // BLOCK
     first = document_ids[:, ::BLOCK]  # [B, T]: the document of each tile's first token
     last = document_ids[:, BLOCK - 1 :: BLOCK]  # and of its last
     index = torch.arange(tiles, device=document_ids.device)
@@ -46,7 +45,8 @@ def tile_classes(document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _ordered(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A tile map as FlexAttention's (count per query tile, key tile indices, visible ones first)."""
+    """A tile map as FlexAttention's (count per query tile, key tile indices, visible ones first);
+    what torch's private `_dense_to_ordered` does, kept here so the public from_kv_blocks suffices."""
     dense = tiles.to(torch.int8)
     counts = dense.sum(dim=-1).to(torch.int32)
     indices = torch.argsort(dense, dim=-1, descending=True, stable=True).to(torch.int32)
