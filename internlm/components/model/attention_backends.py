@@ -17,6 +17,7 @@ before each compiled block, so compiled graphs only read the cache (no recompile
 | eager       | yes | any  | fp32 matmul + masked softmax (reference) |
 | sdpa        | yes | any  | SDPA with a dense [B, 1, S, S] mask (memory-efficient kernel) |
 | flex        | yes | CUDA (forward also on CPU, for tests) | compiled FlexAttention, block-causal document mask; rows of one document each: SDPA causal (cuDNN) |
+| cudnn       | yes | CUDA | cuDNN's fused attention over the flattened batch, one segment per document (cudnn_documents.py) |
 | varlen      | yes | CUDA | torch.nn.attention.varlen (flash varlen inside torch) |
 | flash_attn  | yes | CUDA | flash_attn_varlen_func, when the flash-attn package imports |
 | sdpa_causal | NO  | any  | SDPA is_causal (cuDNN first): attends across documents; for benchmarks only |
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from internlm.batch import cu_seqlens_on
-from internlm.components.model import document_block_mask
+from internlm.components.model import cudnn_documents, document_block_mask
 from internlm.document_layout import DocumentLayout
 from internlm.errors import ConfigError
 
@@ -295,6 +296,54 @@ def flash_attn_attention(q, k, v, layout: DocumentLayout, scale: float) -> torch
     out = _flash_attn_module.flash_attn_varlen_func(
         _flatten(q), _flatten(k), _flatten(v), cu, cu, seq, seq, softmax_scale=scale, causal=True
     )  # grouped-query attention is native: k, v keep their Hkv heads
+    return out.view(batch, seq, heads, dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# cuDNN over the flattened batch: the kernel SDPA's causal path uses, told where documents start.
+
+
+def _cudnn_available(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return "cuDNN attention is CUDA-only"
+    if not torch.backends.cudnn.is_available():
+        return f"this torch ({torch.__version__}) has no cuDNN"
+    if torch.cuda.get_device_capability(device) < (8, 0):
+        return "cuDNN attention needs compute capability 8.0 or newer"
+    try:  # ragged (THD) inputs depend on the torch and cuDNN builds: ask the kernel itself
+        x = torch.randn(256, 2, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
+        cu = cudnn_documents.pad_cu_seqlens(torch.tensor([0, 100, 256], dtype=torch.int32, device=device))
+        cudnn_documents.document_attention(x, x, x, cu, 256, 0.125).sum().backward()
+    except Exception as exc:  # RuntimeError from cuDNN or a torch without the op
+        return f"cuDNN rejected packed-document attention here ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    return None
+
+
+def _prepare_cudnn(layout: DocumentLayout) -> None:
+    if "cudnn_cu_seqlens" in layout.cache or layout.one_document_per_row:
+        return
+    cu = layout.cu_seqlens if layout.cu_seqlens is not None else cu_seqlens_on(layout.position_ids)
+    cu = cudnn_documents.pad_cu_seqlens(cu)  # on the host when the loader sent them: padded before the upload
+    cu = cu.to(device=layout.position_ids.device, non_blocking=True)
+    torch._dynamo.maybe_mark_dynamic(cu, 0)  # one compiled graph for every bucket of document counts
+    layout.cache["cudnn_cu_seqlens"] = cu
+
+
+@backend("cudnn", "cuDNN's fused attention, one segment per packed document (CUDA)", _cudnn_available, prepare=_prepare_cudnn)
+def cudnn_attention(q, k, v, layout: DocumentLayout, scale: float) -> torch.Tensor:
+    q, k, v = _same_dtype(q, k, v)
+    if q.dtype not in (torch.bfloat16, torch.float16):  # cuDNN's kernel is 16-bit only; fp32 runs are not the fast path
+        return flex_attention(q, k, v, layout, scale)
+    groups = q.shape[2] // k.shape[2]
+    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)  # ragged cuDNN takes equal head counts
+    if layout.one_document_per_row:
+        return sdpa_causal_attention(q, k, v, layout, scale)
+    _prepare_cudnn(layout)
+    batch, seq, heads, dim = q.shape
+    # the row length bounds every document: a constant plan key, unlike the batch's longest document
+    out = cudnn_documents.document_attention(
+        _flatten(q), _flatten(k), _flatten(v), layout.cache["cudnn_cu_seqlens"], seq, scale
+    )
     return out.view(batch, seq, heads, dim)
 
 

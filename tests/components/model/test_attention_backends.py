@@ -159,7 +159,7 @@ def test_auto_order_lists_only_document_aware_backends():
     assert all(ab.BACKENDS[name].honours_documents for name in ab.AUTO_ORDER)
 
 
-@pytest.mark.parametrize("name", ["varlen", "flash_attn", "flex"])
+@pytest.mark.parametrize("name", ["varlen", "flash_attn", "flex", "cudnn"])
 def test_unavailable_backend_says_why(name):
     reason = ab.BACKENDS[name].available(CPU)
     assert reason  # none of these runs a backward on CPU

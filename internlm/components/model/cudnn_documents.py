@@ -1,0 +1,96 @@
+"""cuDNN's fused attention over packed documents: one kernel for the whole batch, causal inside
+each document, in the THD ("ragged") layout that torch's nested-tensor SDPA uses.
+
+q, k and v are the batch flattened to [T, H, D] (T = rows x row length); `cu_seqlens` [N + 1]
+says where each document starts, as for flash-attn's varlen kernels. torch exposes the kernel as
+`aten._cudnn_attention_forward` / `_backward` with cumulative sequence lengths; they are wrapped
+here as custom ops (opaque to torch.compile, with fake shapes) and joined by autograd.
+
+cuDNN builds and caches one execution plan per (document count, longest document) pair: a new
+pair costs a plan build on the host. So the longest document is passed as the row length (a
+constant; it only bounds the launch grid) and the document count is padded to a bucket with
+empty documents, and a run meets a handful of plans, not one per batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MIN_BUCKET = 8  # document counts below this share one plan
+
+
+def padded_count(documents: int) -> int:
+    """The bucket `documents` is padded to: the next power of two (at least MIN_BUCKET), so a run
+    builds O(log(documents)) plans and pads less than 2x."""
+    return max(MIN_BUCKET, 1 << max(documents - 1, 0).bit_length())
+
+
+def pad_cu_seqlens(cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """`cu_seqlens` [N + 1] extended with empty documents at the end to padded_count(N) + 1
+    entries (the last offset repeated), int32 on the same device."""
+    documents = cu_seqlens.numel() - 1
+    extra = padded_count(documents) - documents
+    cu = cu_seqlens.to(torch.int32)
+    if extra == 0:
+        return cu
+    return torch.cat([cu, cu[-1:].expand(extra)])
+
+
+@torch.library.custom_op("internlm::cudnn_document_attention", mutates_args=())
+def _forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    out, lse, *_ = torch.ops.aten._cudnn_attention_forward(
+        q, k, v, None, cu_seqlens, cu_seqlens, max_len, max_len, True, 0.0, True, False, scale=scale
+    )
+    return out, lse
+
+
+@_forward.register_fake
+def _forward_fake(q, k, v, cu_seqlens, max_len, scale):
+    # what the kernel returns for ragged inputs: out like q, log-sum-exp [T, H, 1] in fp32
+    return torch.empty_like(q), q.new_empty((q.shape[0], q.shape[1], 1), dtype=torch.float32)
+
+
+@torch.library.custom_op("internlm::cudnn_document_attention_backward", mutates_args=())
+def _backward_op(
+    grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    cu_seqlens: torch.Tensor, max_len: int, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    unused = q.new_empty(0)  # dropout's seed and offset, and the (absent) bias
+    dq, dk, dv = torch.ops.aten._cudnn_attention_backward(
+        grad.contiguous(), q, k, v, out, lse, unused, unused, unused,
+        cu_seqlens, cu_seqlens, max_len, max_len, 0.0, True, scale=scale,
+    )
+    return dq, dk, dv
+
+
+@_backward_op.register_fake
+def _backward_fake(grad, q, k, v, out, lse, cu_seqlens, max_len, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, cu_seqlens, max_len, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
+    ctx.max_len, ctx.scale = max_len, scale
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv = _backward_op(grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_len, ctx.scale)
+    return dq, dk, dv, None, None, None
+
+
+_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def document_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int, scale: float
+) -> torch.Tensor:
+    """Causal attention within each document of the flattened batch: q, k, v [T, H, D] with equal
+    head counts (repeat grouped k/v first), `cu_seqlens` padded (pad_cu_seqlens) on q's device;
+    returns [T, H, D]."""
+    out, _ = _forward(q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens, max_len, scale)
+    return out

@@ -1,0 +1,89 @@
+"""cuDNN's packed-document attention: the document-count buckets, the ops' shapes and autograd
+(meta and fake tensors here; the kernel itself needs CUDA: the last test, and
+bench/cudnn_documents.py, compare it with eager on the GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from internlm.batch import cu_seqlens_from_positions
+from internlm.components.model import attention_backends as ab
+from internlm.components.model import cudnn_documents as cd
+from internlm.document_layout import DocumentLayout
+
+
+def test_counts_pad_to_powers_of_two_from_the_smallest_bucket():
+    assert [cd.padded_count(n) for n in (1, 2, 7, 8, 9, 16, 17, 100, 1024)] == [8, 8, 8, 8, 16, 16, 32, 128, 1024]
+    for n in range(1, 600):
+        bucket = cd.padded_count(n)
+        assert bucket >= n and bucket & (bucket - 1) == 0 and (bucket < 2 * n or bucket == cd.MIN_BUCKET)
+
+
+def test_padding_appends_empty_documents_only():
+    cu = torch.tensor([0, 5, 9, 20])
+    padded = cd.pad_cu_seqlens(cu)
+    assert padded.dtype == torch.int32 and padded.tolist() == [0, 5, 9, 20] + [20] * 5
+    lengths = padded.diff()
+    assert lengths[:3].tolist() == [5, 4, 11] and not lengths[3:].any()
+    exact = torch.arange(0, 81, 10)  # 8 documents: already a bucket
+    assert cd.pad_cu_seqlens(exact).tolist() == exact.tolist()
+
+
+def test_forward_and_backward_shapes_on_meta_tensors():
+    q = torch.empty(64, 4, 16, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.empty(64, 4, 16, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.empty(64, 4, 16, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    out = cd.document_attention(q, k, v, torch.empty(9, dtype=torch.int32, device="meta"), 32, 0.25)
+    assert out.shape == (64, 4, 16) and out.dtype == torch.bfloat16
+    out.sum().backward()
+    assert q.grad.shape == q.shape and k.grad.shape == k.shape and v.grad.shape == v.shape
+
+
+def test_a_training_step_traces_to_the_two_opaque_ops():
+    """Under tracing (what torch.compile sees) the kernel is one forward op and one backward op,
+    and the aten cuDNN calls stay inside them."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def step(q, k, v, cu):
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        out = cd.document_attention(q, k, v, cu, 32, 0.25)
+        return torch.autograd.grad(out.float().square().sum(), (q, k, v))
+
+    args = [torch.randn(64, 2, 16, dtype=torch.bfloat16) for _ in range(3)] + [cd.pad_cu_seqlens(torch.tensor([0, 20, 64]))]
+    graph = make_fx(step, tracing_mode="fake")(*args)
+    targets = [str(node.target) for node in graph.graph.nodes if node.op == "call_function"]
+    assert "internlm.cudnn_document_attention.default" in targets
+    assert "internlm.cudnn_document_attention_backward.default" in targets
+    assert not any("_cudnn_attention" in t for t in targets)
+
+
+def test_prepare_pads_the_loaders_boundaries_and_skips_rows_of_one_document():
+    positions = torch.tensor([list(range(10)) + list(range(22)), list(range(32))])
+    layout = DocumentLayout.from_positions(positions, *cu_seqlens_from_positions(positions))
+    ab._prepare_cudnn(layout)
+    assert layout.cache["cudnn_cu_seqlens"].tolist() == [0, 10, 32, 64] + [64] * 5
+    whole = torch.arange(32).expand(2, 32)
+    layout = DocumentLayout.from_positions(whole, *cu_seqlens_from_positions(whole))
+    ab._prepare_cudnn(layout)
+    assert "cudnn_cu_seqlens" not in layout.cache  # SDPA's causal kernel takes these rows
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN's kernel needs a CUDA device")
+def test_cudnn_backend_matches_eager_on_the_gpu():
+    device = torch.device("cuda")
+    reason = ab.BACKENDS["cudnn"].available(device)
+    if reason:
+        pytest.skip(reason)
+    g = torch.Generator().manual_seed(0)
+    positions = torch.tensor([list(range(100)) + list(range(156)), list(range(30)) + list(range(200)) + list(range(26))])
+    q, k, v, grad = (torch.randn(2, 256, 4, 64, generator=g) for _ in range(4))
+    results = []
+    for name, dtype in (("eager", torch.float32), ("cudnn", torch.bfloat16)):
+        layout = DocumentLayout.from_positions(positions.to(device), *cu_seqlens_from_positions(positions))
+        ins = [t.to(device, dtype).requires_grad_() for t in (q, k, v)]
+        out = ab.BACKENDS[name].fn(*ins, layout, 0.125)
+        out.backward(grad.to(device, dtype))
+        results.append([out.float(), *(t.grad.float() for t in ins)])
+    for got, expected in zip(results[1], results[0]):
+        assert (got - expected).norm() / expected.norm() < 2e-2  # bf16 rounding, not another function
