@@ -69,6 +69,7 @@ VARIANTS["bf16masterlongbefore"] = VARIANTS["bf16masterlong"]
 # Packed documents on cuDNN's ragged kernel (attention_backends `cudnn`) instead of flex's block mask
 VARIANTS["bf16mastercudnn"] = VARIANTS["bf16master"] + ["model.attention.backend=cudnn"]
 VARIANTS["fp8mastercudnn"] = VARIANTS["fp8master"] + ["model.attention.backend=cudnn"]
+VARIANTS["bf16mastergemm"] = VARIANTS["bf16master"]  # + VARIANT_ENV: inductor's gemm autotuning
 BEFORE = {"dir": None}  # set by --before: a folder holding `internlm/` and `conf/` of the earlier commit
 PROFILE_START, PROFILE_STEPS, STEPS = 11, 2, 14  # steps 11-13 are left out of the throughput (13 ends the profiler)
 TIMED = [  # (kind, tag, what) in order; "repeat" rows run only while the budget lasts
@@ -81,13 +82,18 @@ TIMED = [  # (kind, tag, what) in order; "repeat" rows run only while the budget
     ("ours", "bf16masterlong-2", False), ("ours", "bf16masterlongbefore-2", False),
     ("ours", "bf16mastercudnn", True), ("ours", "bf16mastercudnn-2", False),
     ("ours", "fp8mastercudnn", True), ("ours", "fp8mastercudnn-2", False),
+    ("ours", "bf16mastergemm", True), ("ours", "bf16mastergemm-2", False),
 ]
-PROFILED = {"bf16", "fp8", "bf16true", "bf16master", "fp8master", "bf16masterlong", "bf16mastercudnn", "fp8mastercudnn"}  # the first run of these is profiled
+PROFILED = {"bf16", "fp8", "bf16true", "bf16master", "fp8master", "bf16masterlong", "bf16mastercudnn", "fp8mastercudnn", "bf16mastergemm"}  # the first run of these is profiled
+
+
+# Inductor settings of a variant, through its environment: the program's code is unchanged
+VARIANT_ENV = {"bf16mastergemm": {"TORCHINDUCTOR_MAX_AUTOTUNE_GEMM": "1"}}  # Triton/ATen gemms timed per shape
 
 
 def program_env(tag: str) -> dict:
     # TORCH_LOGS=recompiles: a new batch layout must not recompile a block (logs.txt shows any)
-    return dict(os.environ, PYTHONUNBUFFERED="1", TORCH_LOGS="recompiles")
+    return dict(os.environ, PYTHONUNBUFFERED="1", TORCH_LOGS="recompiles") | VARIANT_ENV.get(tag.split("-")[0], {})
 
 
 def program_cmd(tag: str, layers: int, steps: int, out: str, cpu: bool, profile: bool, trace: bool) -> list[str]:

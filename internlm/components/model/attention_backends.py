@@ -17,7 +17,7 @@ before each compiled block, so compiled graphs only read the cache (no recompile
 | eager       | yes | any  | fp32 matmul + masked softmax (reference) |
 | sdpa        | yes | any  | SDPA with a dense [B, 1, S, S] mask (memory-efficient kernel) |
 | flex        | yes | CUDA (forward also on CPU, for tests) | compiled FlexAttention, block-causal document mask; rows of one document each: SDPA causal (cuDNN) |
-| cudnn       | yes | CUDA | cuDNN's fused attention over the flattened batch, one segment per document (cudnn_documents.py) |
+| cudnn       | yes | CUDA, where its self-check passes (not torch 2.11) | cuDNN's fused attention over the flattened batch, one segment per document (cudnn_documents.py) |
 | varlen      | yes | CUDA | torch.nn.attention.varlen (flash varlen inside torch) |
 | flash_attn  | yes | CUDA | flash_attn_varlen_func, when the flash-attn package imports |
 | sdpa_causal | NO  | any  | SDPA is_causal (cuDNN first): attends across documents; for benchmarks only |
@@ -59,7 +59,9 @@ BACKENDS: dict[str, Backend] = {}
 # packed documents flex 1.84 ms, varlen 2.10, sdpa 6.49; one document per row flex 3.23,
 # varlen 3.73. flash_attn could not be measured (no package): its varlen kernel is the same
 # FlashAttention-2 family as torch's varlen, so it sits after it. Only backends that honour
-# document boundaries may appear here. On CPU `auto` is `eager`.
+# document boundaries may appear here. On CPU `auto` is `eager`. `cudnn` is not here: on torch 2.11
+# its backward is wrong (its self-check refuses it) and its forward rebuilds cuDNN's plan per call
+# (36-39 ms against flex's 0.9-1.3, bench/cudnn_documents.py); measure it on a torch that fixes both.
 AUTO_ORDER: list[str] = ["flex", "varlen", "flash_attn", "sdpa"]
 
 
@@ -310,13 +312,10 @@ def _cudnn_available(device: torch.device) -> str | None:
         return f"this torch ({torch.__version__}) has no cuDNN"
     if torch.cuda.get_device_capability(device) < (8, 0):
         return "cuDNN attention needs compute capability 8.0 or newer"
-    try:  # ragged (THD) inputs depend on the torch and cuDNN builds: ask the kernel itself
-        x = torch.randn(256, 2, 64, device=device, dtype=torch.bfloat16, requires_grad=True)
-        cu = cudnn_documents.pad_cu_seqlens(torch.tensor([0, 100, 256], dtype=torch.int32, device=device))
-        cudnn_documents.document_attention(x, x, x, cu, 256, 0.125).sum().backward()
+    try:  # ragged (THD) inputs depend on the torch and cuDNN builds: ask the kernel itself, and check its answer
+        return cudnn_documents.self_check(device)
     except Exception as exc:  # RuntimeError from cuDNN or a torch without the op
         return f"cuDNN rejected packed-document attention here ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-    return None
 
 
 def _prepare_cudnn(layout: DocumentLayout) -> None:

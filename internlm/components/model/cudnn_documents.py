@@ -6,10 +6,16 @@ says where each document starts, as for flash-attn's varlen kernels. torch expos
 `aten._cudnn_attention_forward` / `_backward` with cumulative sequence lengths; they are wrapped
 here as custom ops (opaque to torch.compile, with fake shapes) and joined by autograd.
 
-cuDNN builds and caches one execution plan per (document count, longest document) pair: a new
-pair costs a plan build on the host. So the longest document is passed as the row length (a
+torch keys its cache of cuDNN execution plans on the document count and the longest document: a
+new pair costs a plan build on the host. So the longest document is passed as the row length (a
 constant; it only bounds the launch grid) and the document count is padded to a bucket with
-empty documents, and a run meets a handful of plans, not one per batch.
+empty documents, and a run meets a handful of plans, not one per batch. (torch 2.11 caches no
+ragged plan at all: every call builds one, 36-39 ms on an H200, bench/cudnn_documents.py.)
+
+Some torch builds compute the ragged backward wrongly: torch 2.11 sizes cuDNN's dQ accumulator
+from the head dim instead of the longest document (pytorch/pytorch#186142), so dq and dk come
+back as garbage while the forward and dv are right. `self_check` runs a small case against a
+per-document reference before the backend is offered, and names the problem when there is one.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import torch
 
 MIN_BUCKET = 8  # document counts below this share one plan
+SELF_CHECK_TOLERANCE = 2e-2  # relative L2 error of bf16 results against the fp32 reference
 
 
 def padded_count(documents: int) -> int:
@@ -57,9 +64,9 @@ def _backward_op(
     grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     cu_seqlens: torch.Tensor, max_len: int, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    unused = q.new_empty(0)  # dropout's seed and offset, and the (absent) bias
+    unused = q.new_empty(0)  # dropout's seed and offset (no dropout); the bias must be None, not empty
     dq, dk, dv = torch.ops.aten._cudnn_attention_backward(
-        grad.contiguous(), q, k, v, out, lse, unused, unused, unused,
+        grad.contiguous(), q, k, v, out, lse, unused, unused, None,
         cu_seqlens, cu_seqlens, max_len, max_len, 0.0, True, scale=scale,
     )
     return dq, dk, dv
@@ -94,3 +101,31 @@ def document_attention(
     returns [T, H, D]."""
     out, _ = _forward(q.contiguous(), k.contiguous(), v.contiguous(), cu_seqlens, max_len, scale)
     return out
+
+
+def self_check(device: torch.device) -> str | None:
+    """None if forward and backward match per-document attention in fp32 on `device` (documents
+    longer than the head dim, where the torch 2.11 bug shows), else what is wrong."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    bounds = [0, 100, 256]
+    q, k, v, grad = (torch.randn(256, 2, 64, generator=generator).to(device, torch.bfloat16) for _ in range(4))
+    ins = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = document_attention(*ins, pad_cu_seqlens(torch.tensor(bounds, device=device)), 256, 0.125)
+    out.backward(grad)
+    refs = [t.float().requires_grad_() for t in (q, k, v)]
+    pieces = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        qs, ks, vs = (t[start:end].transpose(0, 1) for t in refs)
+        pieces.append(torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=0.125).transpose(0, 1))
+    expected = torch.cat(pieces)
+    expected.backward(grad.float())
+    wrong = []
+    for name, got, ref in zip(("out", "dq", "dk", "dv"), (out, *(t.grad for t in ins)), (expected, *(t.grad for t in refs))):
+        error = float((got.float() - ref).norm() / ref.norm())
+        if not error < SELF_CHECK_TOLERANCE:  # NaN fails too
+            wrong.append(f"{name} off by {error:.3g}")
+    if not wrong:
+        return None
+    return (f"cuDNN's packed-document kernel gives wrong results in this torch ({torch.__version__}, cuDNN "
+            f"{torch.backends.cudnn.version()}): {', '.join(wrong)} relative to per-document attention "
+            "(torch 2.11's ragged backward: pytorch/pytorch#186142)")

@@ -69,6 +69,40 @@ def test_prepare_pads_the_loaders_boundaries_and_skips_rows_of_one_document():
     assert "cudnn_cu_seqlens" not in layout.cache  # SDPA's causal kernel takes these rows
 
 
+def _per_document(q, k, v, cu_seqlens, max_len, scale):
+    """Causal attention segment by segment: what the kernel must compute (empty segments skipped)."""
+    bounds = cu_seqlens.tolist()
+    pieces = [
+        torch.nn.functional.scaled_dot_product_attention(
+            *(t[a:b].transpose(0, 1) for t in (q, k, v)), is_causal=True, scale=scale
+        ).transpose(0, 1)
+        for a, b in zip(bounds[:-1], bounds[1:]) if b > a
+    ]
+    return torch.cat(pieces)
+
+
+class _WrongQueryGradient(torch.autograd.Function):
+    """Identity on q whose gradient is scaled: a kernel that is right forward, wrong backward."""
+
+    @staticmethod
+    def forward(ctx, q):
+        return q.view_as(q)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 3
+
+
+def test_self_check_passes_the_right_function_and_names_a_wrong_gradient(monkeypatch):
+    monkeypatch.setattr(cd, "document_attention", _per_document)
+    assert cd.self_check(torch.device("cpu")) is None
+    broken = lambda q, k, v, cu, max_len, scale: _per_document(_WrongQueryGradient.apply(q), k, v, cu, max_len, scale)  # noqa: E731
+    monkeypatch.setattr(cd, "document_attention", broken)
+    problem = cd.self_check(torch.device("cpu"))
+    assert problem is not None and "dq off by" in problem
+    assert "dk" not in problem and "dv" not in problem and "out off" not in problem
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN's kernel needs a CUDA device")
 def test_cudnn_backend_matches_eager_on_the_gpu():
     device = torch.device("cuda")
