@@ -107,6 +107,8 @@ def self_check(device: torch.device) -> str | None:
     """None if forward and backward match per-document attention in fp32 on `device` (documents
     longer than the head dim, where the torch 2.11 bug shows), else what is wrong."""
     generator = torch.Generator(device="cpu").manual_seed(0)
+    # 256 tokens in a bucket of 8 documents: even torch 2.11's undersized accumulator (8 x 64 rows
+    # per head) holds them, so the faulty kernel answers wrongly instead of writing out of bounds
     bounds = [0, 100, 256]
     q, k, v, grad = (torch.randn(256, 2, 64, generator=generator).to(device, torch.bfloat16) for _ in range(4))
     ins = [t.clone().requires_grad_() for t in (q, k, v)]
