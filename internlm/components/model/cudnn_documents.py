@@ -104,6 +104,18 @@ def document_attention(
 
 
 def self_check(device: torch.device) -> str | None:
+    """The verdict of check_kernel for `device`, computed once per process (the program and its
+    logs ask several times)."""
+    key = str(device)
+    if key not in _VERDICTS:
+        _VERDICTS[key] = check_kernel(device)
+    return _VERDICTS[key]
+
+
+_VERDICTS: dict[str, str | None] = {}
+
+
+def check_kernel(device: torch.device) -> str | None:
     """None if forward and backward match per-document attention in fp32 on `device` (documents
     longer than the head dim, where the torch 2.11 bug shows), else what is wrong."""
     generator = torch.Generator(device="cpu").manual_seed(0)

@@ -95,10 +95,10 @@ class _WrongQueryGradient(torch.autograd.Function):
 
 def test_self_check_passes_the_right_function_and_names_a_wrong_gradient(monkeypatch):
     monkeypatch.setattr(cd, "document_attention", _per_document)
-    assert cd.self_check(torch.device("cpu")) is None
+    assert cd.check_kernel(torch.device("cpu")) is None
     broken = lambda q, k, v, cu, max_len, scale: _per_document(_WrongQueryGradient.apply(q), k, v, cu, max_len, scale)  # noqa: E731
     monkeypatch.setattr(cd, "document_attention", broken)
-    problem = cd.self_check(torch.device("cpu"))
+    problem = cd.check_kernel(torch.device("cpu"))
     assert problem is not None and "dq off by" in problem
     assert "dk" not in problem and "dv" not in problem and "out off" not in problem
 
