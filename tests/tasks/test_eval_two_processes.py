@@ -61,6 +61,8 @@ def test_two_processes_write_what_one_writes(tmp_path):
     assert [r["id"] for r in first] == [r["id"] for r in second] and len(first) == 5
     for a, b in zip(first, second):
         assert a["prompt"] == b["prompt"] and a["extracted"] == b["extracted"]
-        assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-5)
+        # the ranks batch other items together, so sums of ~3,000 may differ in fp32's last bit (2.4e-4
+        # there): a relative bound of ~8 ulps, far below what a different item or prompt would move
+        assert a["logprobs"] == pytest.approx(b["logprobs"], rel=1e-6, abs=1e-5)
     assert json.loads((one / "results.json").read_text()) == json.loads((two / "results.json").read_text())
     assert (one / "summary.md").read_text() == (two / "summary.md").read_text()
