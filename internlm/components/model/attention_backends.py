@@ -216,17 +216,24 @@ def flex_attention(q, k, v, layout: DocumentLayout, scale: float) -> torch.Tenso
 # Variable-length kernels over the flattened batch: one "sequence" per document.
 
 
-def _prepare_varlen(layout: DocumentLayout) -> None:
-    if "varlen_cu_seqlens" in layout.cache:
+def _layout_cu_seqlens(layout: DocumentLayout, key: str, shape: Callable[[torch.Tensor], torch.Tensor] = lambda cu: cu) -> None:
+    """layout.cache[key]: the documents' cu_seqlens (int32, on the ids' device), passed through
+    `shape` (a backend's padding), marked dynamic in their length."""
+    if key in layout.cache:
         return
     if layout.cu_seqlens is not None:  # precomputed by the loader on the host: no device sync
         cu = layout.cu_seqlens.to(device=layout.position_ids.device, dtype=torch.int32, non_blocking=True)
     else:
         cu = cu_seqlens_on(layout.position_ids)
+    cu = shape(cu)
     # The number of documents changes every batch: tell torch.compile up front, so the first
     # batch compiles a graph for any count instead of one per count.
     torch._dynamo.maybe_mark_dynamic(cu, 0)
-    layout.cache["varlen_cu_seqlens"] = cu
+    layout.cache[key] = cu
+
+
+def _prepare_varlen(layout: DocumentLayout) -> None:
+    _layout_cu_seqlens(layout, "varlen_cu_seqlens")
 
 
 def _flatten(x: torch.Tensor) -> torch.Tensor:
@@ -319,13 +326,8 @@ def _cudnn_available(device: torch.device) -> str | None:
 
 
 def _prepare_cudnn(layout: DocumentLayout) -> None:
-    if "cudnn_cu_seqlens" in layout.cache or layout.one_document_per_row:
-        return
-    cu = layout.cu_seqlens if layout.cu_seqlens is not None else cu_seqlens_on(layout.position_ids)
-    cu = cudnn_documents.pad_cu_seqlens(cu)  # on the host when the loader sent them: padded before the upload
-    cu = cu.to(device=layout.position_ids.device, non_blocking=True)
-    torch._dynamo.maybe_mark_dynamic(cu, 0)  # one compiled graph for every bucket of document counts
-    layout.cache["cudnn_cu_seqlens"] = cu
+    if not layout.one_document_per_row:  # those rows take SDPA's causal kernel: nothing to prepare
+        _layout_cu_seqlens(layout, "cudnn_cu_seqlens", cudnn_documents.pad_cu_seqlens)
 
 
 @backend("cudnn", "cuDNN's fused attention, one segment per packed document (CUDA)", _cudnn_available, prepare=_prepare_cudnn)

@@ -20,6 +20,8 @@ per-document reference before the backend is offered, and names the problem when
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 MIN_BUCKET = 8  # document counts below this share one plan
@@ -106,13 +108,12 @@ def document_attention(
 def self_check(device: torch.device) -> str | None:
     """The verdict of check_kernel for `device`, computed once per process (the program and its
     logs ask several times)."""
-    key = str(device)
-    if key not in _VERDICTS:
-        _VERDICTS[key] = check_kernel(device)
-    return _VERDICTS[key]
+    return _verdict(str(device))
 
 
-_VERDICTS: dict[str, str | None] = {}
+@functools.cache
+def _verdict(device: str) -> str | None:
+    return check_kernel(torch.device(device))
 
 
 def check_kernel(device: torch.device) -> str | None:
