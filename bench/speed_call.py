@@ -66,9 +66,10 @@ VARIANTS["bf16masterbefore"] = VARIANTS["bf16master"]  # A/B of a change on the 
 LONG_DOCUMENT = "/tmp/speed_long_document.jsonl"
 VARIANTS["bf16masterlong"] = VARIANTS["bf16master"] + [f"data.paths=[{LONG_DOCUMENT}]"]
 VARIANTS["bf16masterlongbefore"] = VARIANTS["bf16masterlong"]
-# Packed documents on cuDNN's ragged kernel (attention_backends `cudnn`) instead of flex's block mask;
-# refused on torch 2.11 (its self-check), the A/B to run on a torch that fixes it
+# Packed documents on cuDNN's ragged kernel (attention_backends `cudnn`) instead of flex's block mask:
+# through cudnn-frontend's graphs where that package is installed (torch 2.11's own path is refused)
 VARIANTS["bf16mastercudnn"] = VARIANTS["bf16master"] + ["model.attention.backend=cudnn"]
+VARIANTS["fp8mastercudnn"] = VARIANTS["fp8master"] + ["model.attention.backend=cudnn"]
 VARIANTS["bf16mastergemm"] = VARIANTS["bf16master"]  # + VARIANT_ENV: inductor's gemm autotuning
 BEFORE = {"dir": None}  # set by --before: a folder holding `internlm/` and `conf/` of the earlier commit
 PROFILE_START, PROFILE_STEPS, STEPS = 11, 2, 14  # steps 11-13 are left out of the throughput (13 ends the profiler)
@@ -81,9 +82,10 @@ TIMED = [  # (kind, tag, what) in order; "repeat" rows run only while the budget
     ("ours", "bf16masterlong", True), ("ours", "bf16masterlongbefore", False),
     ("ours", "bf16masterlong-2", False), ("ours", "bf16masterlongbefore-2", False),
     ("ours", "bf16mastercudnn", True), ("ours", "bf16mastercudnn-2", False),
+    ("ours", "fp8mastercudnn", True), ("ours", "fp8mastercudnn-2", False),
     ("ours", "bf16mastergemm", True), ("ours", "bf16mastergemm-2", False),
 ]
-PROFILED = {"bf16", "fp8", "bf16true", "bf16master", "fp8master", "bf16masterlong", "bf16mastercudnn", "bf16mastergemm"}  # the first run of these is profiled
+PROFILED = {"bf16", "fp8", "bf16true", "bf16master", "fp8master", "bf16masterlong", "bf16mastercudnn", "fp8mastercudnn", "bf16mastergemm"}  # the first run of these is profiled
 
 
 # Inductor settings of a variant, through its environment: the program's code is unchanged

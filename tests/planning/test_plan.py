@@ -113,11 +113,15 @@ def test_models_composed_from_yaml_have_their_published_sizes():
 
 
 def test_compile_decides_from_the_facts_alone():
-    # A Hopper machine described, not probed: auto takes FlexAttention there, eager on a CPU.
+    # A Hopper machine described, not probed: auto takes cuDNN's packed-document kernel where it
+    # passed its self-check, else FlexAttention; eager on a CPU.
     hopper = Facts(cuda_available=True, device_name="NVIDIA H200", capability=(9, 0), attention={"cuda": {}, "cpu": {}})
-    assert plan_for(facts=hopper).attention_backend == "flex"
+    assert plan_for(facts=hopper).attention_backend == "cudnn"
     assert plan_for(facts=hopper).precision == "bf16-mixed"
-    no_flex = Facts(cuda_available=True, attention={"cuda": {"flex": "no triton"}})
+    refused = "cuDNN's packed-document kernel gives wrong results"
+    no_cudnn = Facts(cuda_available=True, device_name="NVIDIA H200", capability=(9, 0), attention={"cuda": {"cudnn": refused}})
+    assert plan_for(facts=no_cudnn).attention_backend == "flex"
+    no_flex = Facts(cuda_available=True, attention={"cuda": {"cudnn": refused, "flex": "no triton"}})
     assert plan_for(facts=no_flex).attention_backend == "varlen"
     assert plan_for().attention_backend == "eager"
     with pytest.raises(ConfigError) as info:

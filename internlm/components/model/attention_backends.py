@@ -17,7 +17,7 @@ before each compiled block, so compiled graphs only read the cache (no recompile
 | eager       | yes | any  | fp32 matmul + masked softmax (reference) |
 | sdpa        | yes | any  | SDPA with a dense [B, 1, S, S] mask (memory-efficient kernel) |
 | flex        | yes | CUDA (forward also on CPU, for tests) | compiled FlexAttention, block-causal document mask; rows of one document each: SDPA causal (cuDNN) |
-| cudnn       | yes | CUDA, where its self-check passes (not torch 2.11) | cuDNN's fused attention over the flattened batch, one segment per document (cudnn_documents.py) |
+| cudnn       | yes | CUDA, where its self-check passes (torch 2.11: with nvidia-cudnn-frontend) | cuDNN's fused attention over the flattened batch, one segment per document (cudnn_documents.py) |
 | varlen      | yes | CUDA | torch.nn.attention.varlen (flash varlen inside torch) |
 | flash_attn  | yes | CUDA | flash_attn_varlen_func, when the flash-attn package imports |
 | sdpa_causal | NO  | any  | SDPA is_causal (cuDNN first): attends across documents; for benchmarks only |
@@ -57,12 +57,14 @@ BACKENDS: dict[str, Backend] = {}
 # Fastest first: `auto` takes the first one available. Measured on one H200, torch 2.11
 # (bench/RESULTS.md, kernel table; batch 2 x 4096, 32 x 128 heads, bf16, forward + backward):
 # packed documents flex 1.84 ms, varlen 2.10, sdpa 6.49; one document per row flex 3.23,
-# varlen 3.73. flash_attn could not be measured (no package): its varlen kernel is the same
-# FlashAttention-2 family as torch's varlen, so it sits after it. Only backends that honour
-# document boundaries may appear here. On CPU `auto` is `eager`. `cudnn` is not here: on torch 2.11
-# its backward is wrong (its self-check refuses it) and its forward rebuilds cuDNN's plan per call
-# (36-39 ms against flex's 0.9-1.3, bench/cudnn_documents.py); measure it on a torch that fixes both.
-AUTO_ORDER: list[str] = ["flex", "varlen", "flash_attn", "sdpa"]
+# varlen 3.73. `cudnn` leads where it is available, i.e. where its self-check passes, which on
+# torch 2.11 means through the nvidia-cudnn-frontend package (torch's own ragged path is refused):
+# at batch 4 x 4096 on the program's layouts (8-15 documents) its forward + backward is 1.16-1.38x
+# flex's and the program +2.0% (bench/cudnn_documents.py, speed_call.py, 2026-12-03); with 64
+# documents per row flex is faster (0.75x). flash_attn could not be measured (no package): its varlen
+# kernel is the same FlashAttention-2 family as torch's varlen, so it sits after it. Only backends
+# that honour document boundaries may appear here. On CPU `auto` is `eager`.
+AUTO_ORDER: list[str] = ["cudnn", "flex", "varlen", "flash_attn", "sdpa"]
 
 
 def backend(

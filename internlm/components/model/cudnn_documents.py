@@ -4,7 +4,9 @@ each document, in the THD ("ragged") layout that torch's nested-tensor SDPA uses
 q, k and v are the batch flattened to [T, H, D] (T = rows x row length); `cu_seqlens` [N + 1]
 says where each document starts, as for flash-attn's varlen kernels. torch exposes the kernel as
 `aten._cudnn_attention_forward` / `_backward` with cumulative sequence lengths; they are wrapped
-here as custom ops (opaque to torch.compile, with fake shapes) and joined by autograd.
+here as custom ops (opaque to torch.compile, with fake shapes) and joined by autograd. Where
+NVIDIA's cudnn-frontend package is installed (`pip install 'internlm[cudnn]'`), the same kernel is
+reached through its graph API instead (cudnn_ragged_graphs.py), with plans we build once.
 
 torch keys its cache of cuDNN execution plans on the document count and the longest document: a
 new pair costs a plan build on the host. So the longest document is passed as the row length (a
@@ -23,6 +25,8 @@ from __future__ import annotations
 import functools
 
 import torch
+
+from internlm.components.model import cudnn_ragged_graphs
 
 MIN_BUCKET = 8  # document counts below this share one plan
 SELF_CHECK_TOLERANCE = 2e-2  # relative L2 error of bf16 results against the fp32 reference
@@ -49,6 +53,8 @@ def pad_cu_seqlens(cu_seqlens: torch.Tensor) -> torch.Tensor:
 def _forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    if cudnn_ragged_graphs.frontend() is not None:
+        return cudnn_ragged_graphs.forward(q, k, v, cu_seqlens, max_len, scale)
     out, lse, *_ = torch.ops.aten._cudnn_attention_forward(
         q, k, v, None, cu_seqlens, cu_seqlens, max_len, max_len, True, 0.0, True, False, scale=scale
     )
@@ -66,6 +72,8 @@ def _backward_op(
     grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     cu_seqlens: torch.Tensor, max_len: int, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if cudnn_ragged_graphs.frontend() is not None:
+        return cudnn_ragged_graphs.backward(grad.contiguous(), q, k, v, out, lse, cu_seqlens, max_len, scale)
     unused = q.new_empty(0)  # dropout's seed and offset (no dropout); the bias must be None, not empty
     dq, dk, dv = torch.ops.aten._cudnn_attention_backward(
         grad.contiguous(), q, k, v, out, lse, unused, unused, None,
@@ -141,6 +149,9 @@ def check_kernel(device: torch.device) -> str | None:
             wrong.append(f"{name} off by {error:.3g}")
     if not wrong:
         return None
+    if cudnn_ragged_graphs.frontend() is not None:
+        return (f"cuDNN's packed-document kernel (cudnn-frontend {cudnn_ragged_graphs.frontend().__version__}, cuDNN "
+                f"{torch.backends.cudnn.version()}) gives wrong results: {', '.join(wrong)} relative to per-document attention")
     return (f"cuDNN's packed-document kernel gives wrong results in this torch ({torch.__version__}, cuDNN "
             f"{torch.backends.cudnn.version()}): {', '.join(wrong)} relative to per-document attention "
-            "(torch 2.11's ragged backward: pytorch/pytorch#186142)")
+            "(torch 2.11's ragged backward: pytorch/pytorch#186142; `pip install nvidia-cudnn-frontend` avoids it)")

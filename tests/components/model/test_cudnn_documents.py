@@ -10,6 +10,7 @@ import torch
 from internlm.batch import cu_seqlens_from_positions
 from internlm.components.model import attention_backends as ab
 from internlm.components.model import cudnn_documents as cd
+from internlm.components.model import cudnn_ragged_graphs as graphs
 from internlm.document_layout import DocumentLayout
 
 
@@ -101,6 +102,38 @@ def test_self_check_passes_the_right_function_and_names_a_wrong_gradient(monkeyp
     problem = cd.check_kernel(torch.device("cpu"))
     assert problem is not None and "dq off by" in problem
     assert "dk" not in problem and "dv" not in problem and "out off" not in problem
+
+
+@pytest.mark.parametrize("width", [8, 1])  # q/k/v/out and dq/dk/dv, then the softmax statistics
+def test_the_graphs_ragged_layout_addresses_each_documents_own_tokens(width):
+    """What cuDNN reads for document b, head h, position s, feature d (its dims and strides, from
+    the ragged offset) is token cu[b] + s of the flattened [T, H, width] tensor: checked by
+    reading it that way with as_strided against plain slicing."""
+    heads, max_len = 3, 16
+    cu = cd.pad_cu_seqlens(torch.tensor([0, 5, 16, 23]))  # a full-length document, then empty ones
+    flat = torch.arange(23 * heads * width).view(23, heads, width)
+    meta = graphs._metadata(cu, heads, width)
+    offsets = meta["rows"] if width > 1 else meta["stats_rows"]
+    dims, strides = graphs._thd(cu.numel() - 1, heads, max_len, width)
+    assert dims == [8, heads, max_len, width]
+    for b, length in enumerate(meta["seq_len_q"].flatten().tolist()):
+        read = flat.as_strided((heads, length, width), strides[1:], int(offsets.flatten()[b]))
+        assert torch.equal(read, flat[int(cu[b]):int(cu[b + 1])].transpose(0, 1))
+    assert meta["seq_len_q"].flatten().tolist() == [5, 11, 7, 0, 0, 0, 0, 0]
+    assert meta["seq_len_q"].dtype == offsets.dtype == torch.int32 and offsets.shape == (9, 1, 1, 1)
+
+
+def test_the_graphs_refuse_a_batch_their_int32_offsets_cannot_address():
+    too_big = torch.empty(2**31 // (32 * 128) + 1, 32, 128, device="meta", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="int32"):
+        graphs._check_size(too_big)
+    graphs._check_size(torch.empty(16384, 32, 128, device="meta", dtype=torch.bfloat16))
+
+
+def test_without_the_frontend_package_the_ops_keep_torchs_own_path():
+    if torch.cuda.is_available():
+        pytest.skip("on CUDA machines the frontend may be installed")
+    assert graphs.frontend() is None  # a CPU torch has no cuDNN: nothing is imported or built
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN's kernel needs a CUDA device")
