@@ -14,6 +14,7 @@ per row on average) and one of many short documents (64 per row).
    metadata (flex: the block mask; cudnn: the padded cu_seqlens upload) timed apart, and the host
    time to queue one cuDNN forward + backward (a plan build would show here), first call of each
    document-count bucket included.
+3. Repeatability: two identical calls, bitwise, with and without torch's deterministic mode.
 One JSON line per measurement; summary.json in --out.
 """
 
@@ -118,6 +119,28 @@ def compiled_check(q, k, v, layouts, device, shape) -> None:
     emit({"check": "compiled", "max_abs_diff": diffs})
 
 
+def repeatability(layouts, device, shape) -> None:
+    """Two identical forward + backward calls: bitwise equal gradients? cuDNN's default backward
+    accumulates dq atomically; under torch.use_deterministic_algorithms(True) the backend builds
+    cuDNN's deterministic backward instead (its cost is timed too)."""
+    g = torch.Generator(device="cpu").manual_seed(2)
+    q, k, v, grad = (torch.randn(*shape, generator=g).to(device, torch.bfloat16) for _ in range(4))
+    for deterministic in (False, True):
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        try:
+            runs = [run("cudnn", q, k, v, grad, layouts[0], device) for _ in range(2)]
+            layout = layout_of(layouts[0], device)
+            ab.BACKENDS["cudnn"].prepare(layout)
+            qs, ks, vs = (t.detach().requires_grad_(True) for t in (q, k, v))
+            both = median_ms(lambda: ab.BACKENDS["cudnn"].fn(qs, ks, vs, layout, shape[-1] ** -0.5).backward(grad), 10)
+            emit({"check": "repeatable", "deterministic": deterministic, "fwd_bwd_ms": round(both, 3),
+                  **{part: bool(torch.equal(a, b)) for part, a, b in zip(("out", "dq", "dk", "dv"), *runs)}})
+        except Exception as exc:
+            emit({"check": "repeatable", "deterministic": deterministic, "error": f"{type(exc).__name__}: {str(exc)[:1500]}"})
+        finally:
+            torch.use_deterministic_algorithms(False)
+
+
 def median_ms(fn, reps: int) -> float:
     times = []
     for _ in range(2):
@@ -188,6 +211,7 @@ def main() -> int:
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--repeatability-only", action="store_true", help="function and repeatability checks, no speed rows")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     device = torch.device("cpu" if args.cpu else "cuda")
@@ -200,7 +224,10 @@ def main() -> int:
         shape = (4, 4096, 32, 128)
         layouts = program_positions(args.batches, cpu=False) + [short_documents(4, 4096, 64)]
         function_checks(layouts, device, shape, backward)
-        speed(layouts, device, shape, args.reps, backward)
+        if backward:
+            repeatability(layouts, device, shape)
+        if not args.repeatability_only:
+            speed(layouts, device, shape, args.reps, backward)
     with open(os.path.join(args.out, "cudnn_documents.json"), "w") as f:
         json.dump(ROWS, f, indent=1)
     return 0 if (reason is None or args.cpu) else 1

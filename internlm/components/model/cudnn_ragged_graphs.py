@@ -124,13 +124,16 @@ def forward_graph(documents, heads, head_dim, max_len, scale, dtype, device) -> 
 
 
 @functools.cache
-def backward_graph(documents, heads, head_dim, max_len, tokens, scale, dtype, device) -> _Graph:
+def backward_graph(documents, heads, head_dim, max_len, tokens, scale, dtype, device, deterministic: bool) -> _Graph:
+    """`deterministic`: cuDNN's repeatable backward (no atomic accumulation of dq), asked for by
+    torch.use_deterministic_algorithms(True); the default one is not bitwise repeatable."""
     g = _Graph(frontend(), dtype, device, documents)
     shape, stats_shape = _thd(documents, heads, max_len, head_dim), _thd(documents, heads, max_len, 1)
     q, k, v, o, d_o = (g.ragged_input(name, shape) for name in ("q", "k", "v", "o", "d_o"))
     stats = g.ragged_input("stats", stats_shape, g.cudnn.data_type.FLOAT)
     grads = g.graph.sdpa_backward(name="sdpa_backward", q=q, k=k, v=v, o=o, dO=d_o, stats=stats, attn_scale=scale,
-                                  max_total_seq_len_q=tokens, max_total_seq_len_kv=tokens, **g.mask())
+                                  max_total_seq_len_q=tokens, max_total_seq_len_kv=tokens,
+                                  use_deterministic_algorithm=deterministic, **g.mask())
     for name, grad in zip(("dq", "dk", "dv"), grads):
         g.ragged_output(name, grad, shape)
     return g.build()
@@ -168,7 +171,8 @@ def forward(q, k, v, cu_seqlens, max_len: int, scale: float) -> tuple[torch.Tens
 def backward(grad, q, k, v, out, stats, cu_seqlens, max_len: int, scale: float):
     """dq, dk, dv [T, H, D] for forward's result `out` and statistics `stats`."""
     tokens, heads, head_dim = q.shape
-    g = backward_graph(cu_seqlens.numel() - 1, heads, head_dim, max_len, tokens, scale, q.dtype, q.device)
+    g = backward_graph(cu_seqlens.numel() - 1, heads, head_dim, max_len, tokens, scale, q.dtype, q.device,
+                       torch.are_deterministic_algorithms_enabled())
     meta = _metadata(cu_seqlens, heads, head_dim)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     names = ("q", "k", "v", "o", "d_o", "dq", "dk", "dv")
