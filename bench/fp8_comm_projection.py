@@ -29,11 +29,12 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import comm_model as cm  # noqa: E402
 
-# Measured, one H200, 2026-12-02 (bench/RESULTS.md, issue 16 kernel-margin section): the README's
-# 16-layer program at batch 4 x 4096 with bf16 weights and fp32 master weights, the means of two
-# bf16master and two fp8master runs of one call (18:22-18:27 UTC). (bf16-mixed: 23,400 and 31,024.)
-BF16_16_LAYERS = 24_281.0
-FP8_16_LAYERS = 32_966.0
+# Measured, one H200, 2026-12-03 (bench/RESULTS.md, issue 16 kernel-margin section): the README's
+# 16-layer program at batch 4 x 4096 with bf16 weights, fp32 master weights and cuDNN's packed-document
+# attention, the means of four bf16master and three fp8master runs of two calls (13:3x-13:5x UTC).
+# (2026-12-02 with FlexAttention: 24,281 and 32,966; bf16-mixed: 23,400 and 31,024.)
+BF16_16_LAYERS = 24_912.0
+FP8_16_LAYERS = 33_782.0
 TWO_GPU_MEASURED = 12_025.0  # the full 7B on 2 H200s, batch 4 x 4096 per GPU (2026-11-28)
 INTERNLM = {8: 4078.0, 1024: 3625.0, "fsdp_1024": 2271.0}  # InternLM's published table (A100)
 FIT_LAYOUT = "hybrid_zero shard 8, ZeRO-2"  # closest to InternLM's zero1 (weights not re-gathered in backward)

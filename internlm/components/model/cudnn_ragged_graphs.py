@@ -96,13 +96,18 @@ class _Graph:
         return dict(use_padding_mask=True, seq_len_q=self.lengths("seq_len_q"), seq_len_kv=self.lengths("seq_len_kv"),
                     diagonal_alignment=self.cudnn.diagonal_alignment.TOP_LEFT, diagonal_band_right_bound=0)
 
-    def build(self) -> "_Graph":
+    def build(self, what: str) -> "_Graph":
         graph, cudnn = self.graph, self.cudnn
-        graph.validate()
-        graph.build_operation_graph()
-        graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-        graph.check_support()
-        graph.build_plans()
+        try:
+            graph.validate()
+            graph.build_operation_graph()
+            graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+            graph.check_support()
+            graph.build_plans()
+        except Exception as exc:  # cudnnGraphNotSupportedError and friends: say which shape, and the way out
+            raise RuntimeError(f"cuDNN (backend {cudnn.backend_version()}) has no packed-document attention kernel for "
+                               f"{what}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                               "set model.attention.backend=flex") from exc
         self.workspace = graph.get_workspace_size()
         return self
 
@@ -120,7 +125,7 @@ def forward_graph(documents, heads, head_dim, max_len, scale, dtype, device) -> 
     out, stats = g.graph.sdpa(name="sdpa", q=q, k=k, v=v, generate_stats=True, attn_scale=scale, **g.mask())
     g.ragged_output("o", out, shape)
     g.ragged_output("stats", stats, stats_shape, g.cudnn.data_type.FLOAT)
-    return g.build()
+    return g.build(f"the forward of {documents} documents x {heads} heads x {head_dim} dims in {dtype}")
 
 
 @functools.cache
@@ -136,7 +141,7 @@ def backward_graph(documents, heads, head_dim, max_len, tokens, scale, dtype, de
                                   use_deterministic_algorithm=deterministic, **g.mask())
     for name, grad in zip(("dq", "dk", "dv"), grads):
         g.ragged_output(name, grad, shape)
-    return g.build()
+    return g.build(f"the backward of {documents} documents x {heads} heads x {head_dim} dims in {dtype}")
 
 
 def _metadata(cu_seqlens: torch.Tensor, heads: int, head_dim: int) -> dict[str, torch.Tensor]:

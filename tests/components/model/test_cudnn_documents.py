@@ -130,6 +130,28 @@ def test_the_graphs_refuse_a_batch_their_int32_offsets_cannot_address():
     graphs._check_size(torch.empty(16384, 32, 128, device="meta", dtype=torch.bfloat16))
 
 
+def test_a_shape_cudnn_cannot_serve_is_named_with_the_way_out():
+    class Unsupported:  # a graph whose support check fails, as cuDNN's does for a shape it has no kernel for
+        def __getattr__(self, name):
+            if name == "check_support":
+                def fail():
+                    raise RuntimeError("[cudnn_frontend] Error: No valid engine configs returned from heuristics.")
+                return fail
+            return lambda *args, **kwargs: None
+
+    class Frontend:
+        heur_mode = type("heur_mode", (), {"A": 0, "FALLBACK": 1})
+        backend_version = staticmethod(lambda: 91900)
+
+    g = graphs._Graph.__new__(graphs._Graph)
+    g.graph, g.cudnn = Unsupported(), Frontend()
+    with pytest.raises(RuntimeError) as info:
+        g.build("the forward of 8 documents x 4 heads x 72 dims")
+    message = str(info.value)
+    assert "8 documents x 4 heads x 72 dims" in message and "No valid engine" in message
+    assert "model.attention.backend=flex" in message
+
+
 def test_without_the_frontend_package_the_ops_keep_torchs_own_path():
     if torch.cuda.is_available():
         pytest.skip("on CUDA machines the frontend may be installed")
