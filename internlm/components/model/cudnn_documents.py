@@ -144,7 +144,7 @@ def check_kernel(device: torch.device) -> str | None:
     expected.backward(grad.float())
     wrong = []
     for name, got, ref in zip(("out", "dq", "dk", "dv"), (out, *(t.grad for t in ins)), (expected, *(t.grad for t in refs))):
-        error = float((got.float() - ref).norm() / ref.norm())
+        error = float((got.detach().float() - ref.detach()).norm() / ref.detach().norm())
         if not error < SELF_CHECK_TOLERANCE:  # NaN fails too
             wrong.append(f"{name} off by {error:.3g}")
     if not wrong:
@@ -154,4 +154,5 @@ def check_kernel(device: torch.device) -> str | None:
                 f"{torch.backends.cudnn.version()}) gives wrong results: {', '.join(wrong)} relative to per-document attention")
     return (f"cuDNN's packed-document kernel gives wrong results in this torch ({torch.__version__}, cuDNN "
             f"{torch.backends.cudnn.version()}): {', '.join(wrong)} relative to per-document attention "
-            "(torch 2.11's ragged backward: pytorch/pytorch#186142; `pip install nvidia-cudnn-frontend` avoids it)")
+            "(torch 2.11's ragged backward: pytorch/pytorch#186142; `pip install 'internlm[cudnn]'` "
+            "reaches cuDNN through its own graph API instead)")
