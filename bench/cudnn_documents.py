@@ -3,6 +3,7 @@ FlexAttention's block mask (`flex`), on the program's own layouts: is it the sam
 which is faster for InternLM-7B's attention (32 heads x 128, batch 4 x 4096, bf16)?
 
     python bench/cudnn_documents.py --out "$OUT"     # one H200, ~1-2 min
+    python bench/cudnn_documents.py --out "$OUT" --per-row 4,16,64   # speed only, rows of equal short documents
     python bench/cudnn_documents.py --cpu            # smoke test of this driver: availability only
 
 Layouts: the first --batches batches of the README's program (the bundled corpus, 4.5 documents
@@ -155,7 +156,7 @@ def median_ms(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def speed(layouts, device, shape, reps: int, backward: bool) -> None:
+def speed(layouts, device, shape, reps: int, backward: bool, host_queue: bool = True) -> None:
     g = torch.Generator(device="cpu").manual_seed(1)
     q, k, v, grad = (torch.randn(*shape, generator=g).to(device, torch.bfloat16) for _ in range(4))
     scale = shape[-1] ** -0.5
@@ -188,7 +189,7 @@ def speed(layouts, device, shape, reps: int, backward: bool) -> None:
         if backward:
             row["cudnn_over_flex_fwd_bwd"] = round(row["flex"]["fwd_bwd_ms"] / row["cudnn"]["fwd_bwd_ms"], 3)
         emit(row)
-    if not backward:
+    if not backward or not host_queue:
         return
     # host time to queue one cuDNN forward + backward, fresh buckets first
     qs, ks, vs = (t.detach().requires_grad_(True) for t in (q, k, v))
@@ -212,6 +213,7 @@ def main() -> int:
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--repeatability-only", action="store_true", help="function and repeatability checks, no speed rows")
+    p.add_argument("--per-row", default="", help="comma-separated documents per row (e.g. 8,16,32): speed rows of such layouts only")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     device = torch.device("cpu" if args.cpu else "cuda")
@@ -223,10 +225,15 @@ def main() -> int:
     if device.type == "cuda" and (backward or "wrong results" in reason):  # a wrong backward: the forward is still timed
         shape = (4, 4096, 32, 128)
         layouts = program_positions(args.batches, cpu=False) + [short_documents(4, 4096, 64)]
-        function_checks(layouts, device, shape, backward)
-        if backward:
+        if args.per_row:  # the crossover: only speed rows, rows of equal short documents
+            layouts = [short_documents(4, 4096, int(n)) for n in args.per_row.split(",")]
+            speed(layouts, device, shape, args.reps, backward, host_queue=False)
+            layouts = []
+        if layouts:
+            function_checks(layouts, device, shape, backward)
+        if backward and layouts:
             repeatability(layouts, device, shape)
-        if not args.repeatability_only:
+        if layouts and not args.repeatability_only:
             speed(layouts, device, shape, args.reps, backward)
     with open(os.path.join(args.out, "cudnn_documents.json"), "w") as f:
         json.dump(ROWS, f, indent=1)
