@@ -224,17 +224,16 @@ def main() -> int:
     backward = reason is None
     if device.type == "cuda" and (backward or "wrong results" in reason):  # a wrong backward: the forward is still timed
         shape = (4, 4096, 32, 128)
-        layouts = program_positions(args.batches, cpu=False) + [short_documents(4, 4096, 64)]
-        if args.per_row:  # the crossover: only speed rows, rows of equal short documents
+        if args.per_row:  # the crossover: speed rows only, rows of equal short documents
             layouts = [short_documents(4, 4096, int(n)) for n in args.per_row.split(",")]
             speed(layouts, device, shape, args.reps, backward, host_queue=False)
-            layouts = []
-        if layouts:
+        else:
+            layouts = program_positions(args.batches, cpu=False) + [short_documents(4, 4096, 64)]
             function_checks(layouts, device, shape, backward)
-        if backward and layouts:
-            repeatability(layouts, device, shape)
-        if layouts and not args.repeatability_only:
-            speed(layouts, device, shape, args.reps, backward)
+            if backward:
+                repeatability(layouts, device, shape)
+            if not args.repeatability_only:
+                speed(layouts, device, shape, args.reps, backward)
     with open(os.path.join(args.out, "cudnn_documents.json"), "w") as f:
         json.dump(ROWS, f, indent=1)
     return 0 if (reason is None or args.cpu) else 1

@@ -62,9 +62,10 @@ BACKENDS: dict[str, Backend] = {}
 # at batch 4 x 4096 on the program's layouts (8-15 documents) its forward + backward is 1.16-1.38x
 # flex's and the program +2.0% (bench/cudnn_documents.py, speed_call.py, 2026-12-03). On rows of equal
 # short documents (4-64 per row) its kernels are 0.83-1.08x flex's, but flex also builds a 2.6-3.2 ms
-# block mask per step: at worst ~4 ms a step slower, so no per-batch switch. flash_attn could not be measured (no package): its varlen
-# kernel is the same FlashAttention-2 family as torch's varlen, so it sits after it. Only backends
-# that honour document boundaries may appear here. On CPU `auto` is `eager`.
+# block mask per step: at worst ~4 ms a step slower, so no per-batch switch. flash_attn could not be
+# measured (no package): its varlen kernel is the same FlashAttention-2 family as torch's varlen, so
+# it sits after it. Only backends that honour document boundaries may appear here. On CPU `auto` is
+# `eager`.
 AUTO_ORDER: list[str] = ["cudnn", "flex", "varlen", "flash_attn", "sdpa"]
 
 

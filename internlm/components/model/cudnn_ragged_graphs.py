@@ -152,6 +152,13 @@ def _metadata(cu_seqlens: torch.Tensor, heads: int, head_dim: int) -> dict[str, 
             "rows": (cu * (heads * head_dim)).view(-1, 1, 1, 1), "stats_rows": (cu * heads).view(-1, 1, 1, 1)}
 
 
+def _lengths_and_offsets(meta: dict[str, torch.Tensor], ragged: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The variant-pack entries every graph shares: both length columns, the ragged offset of each
+    [T, H, D] tensor in `ragged`, and the statistics' offset."""
+    return {"seq_len_q": meta["seq_len_q"], "seq_len_kv": meta["seq_len_kv"], "stats_offset": meta["stats_rows"],
+            **{f"{name}_offset": meta["rows"] for name in ragged}}
+
+
 def _check_size(q: torch.Tensor) -> None:
     if q.numel() > INT32_LIMIT:
         raise ValueError(f"cuDNN's ragged offsets are int32: {tuple(q.shape)} holds more than 2**31 elements; "
@@ -166,9 +173,7 @@ def forward(q, k, v, cu_seqlens, max_len: int, scale: float) -> tuple[torch.Tens
     meta = _metadata(cu_seqlens, heads, head_dim)
     out = torch.empty_like(q)
     stats = q.new_empty((tokens, heads, 1), dtype=torch.float32)
-    g.execute({"q": q, "k": k, "v": v, "o": out, "stats": stats,
-               "seq_len_q": meta["seq_len_q"], "seq_len_kv": meta["seq_len_kv"],
-               **{f"{name}_offset": meta["rows"] for name in ("q", "k", "v", "o")}, "stats_offset": meta["stats_rows"]},
+    g.execute({"q": q, "k": k, "v": v, "o": out, "stats": stats, **_lengths_and_offsets(meta, ("q", "k", "v", "o"))},
               q.device)
     return out, stats
 
@@ -180,9 +185,6 @@ def backward(grad, q, k, v, out, stats, cu_seqlens, max_len: int, scale: float):
                        torch.are_deterministic_algorithms_enabled())
     meta = _metadata(cu_seqlens, heads, head_dim)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    names = ("q", "k", "v", "o", "d_o", "dq", "dk", "dv")
-    g.execute({"q": q, "k": k, "v": v, "o": out, "d_o": grad, "stats": stats, "dq": dq, "dk": dk, "dv": dv,
-               "seq_len_q": meta["seq_len_q"], "seq_len_kv": meta["seq_len_kv"],
-               **{f"{name}_offset": meta["rows"] for name in names}, "stats_offset": meta["stats_rows"]},
-              q.device)
+    tensors = {"q": q, "k": k, "v": v, "o": out, "d_o": grad, "dq": dq, "dk": dk, "dv": dv}
+    g.execute({**tensors, "stats": stats, **_lengths_and_offsets(meta, tuple(tensors))}, q.device)
     return dq, dk, dv
