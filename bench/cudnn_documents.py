@@ -206,6 +206,29 @@ def speed(layouts, device, shape, reps: int, backward: bool, host_queue: bool = 
               "bucket": cudnn_documents.padded_count(len(layout.cu_seqlens) - 1), "host_ms": round(host * 1e3, 2)})
 
 
+def grid(layouts, device, shape, reps: int) -> None:
+    """What cuDNN's launch grid costs: forward + backward of the same documents with the count
+    padded to its bucket or exact, and the row length or the longest document as max_len (the
+    kernels launch documents x heads x max_len / tile blocks; the empty ones exit at once)."""
+    g = torch.Generator(device="cpu").manual_seed(3)
+    tokens = shape[0] * shape[1]
+    q, k, v, grad = (torch.randn(tokens, *shape[2:], generator=g).to(device, torch.bfloat16) for _ in range(4))
+    scale = shape[-1] ** -0.5
+    for index, positions in enumerate(layouts):
+        cu, longest = cu_seqlens_from_positions(positions)
+        row = {"check": "grid", "layout": index, "documents": len(cu) - 1, "longest": int(longest)}
+        for count, offsets in (("bucket", cudnn_documents.pad_cu_seqlens(cu)), ("exact", cu.to(torch.int32))):
+            offsets = offsets.to(device)
+            for name, max_len in (("row", shape[1]), ("longest", int(longest))):
+                qs, ks, vs = (t.detach().requires_grad_(True) for t in (q, k, v))
+
+                def fwd_bwd():
+                    cudnn_documents.document_attention(qs, ks, vs, offsets, max_len, scale).backward(grad)
+
+                row[f"{count}_{name}_ms"] = round(median_ms(fwd_bwd, reps), 3)
+        emit(row)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp/cudnn_documents"))
@@ -213,6 +236,7 @@ def main() -> int:
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--repeatability-only", action="store_true", help="function and repeatability checks, no speed rows")
+    p.add_argument("--grid", action="store_true", help="speed rows of the launch grid only (bucketed or exact counts, row or longest max_len)")
     p.add_argument("--per-row", default="", help="comma-separated documents per row (e.g. 8,16,32): speed rows of such layouts only")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -224,7 +248,9 @@ def main() -> int:
     backward = reason is None
     if device.type == "cuda" and (backward or "wrong results" in reason):  # a wrong backward: the forward is still timed
         shape = (4, 4096, 32, 128)
-        if args.per_row:  # the crossover: speed rows only, rows of equal short documents
+        if args.grid:
+            grid(program_positions(args.batches, cpu=False) + [short_documents(4, 4096, 64)], device, shape, args.reps)
+        elif args.per_row:  # the crossover: speed rows only, rows of equal short documents
             layouts = [short_documents(4, 4096, int(n)) for n in args.per_row.split(",")]
             speed(layouts, device, shape, args.reps, backward, host_queue=False)
         else:
