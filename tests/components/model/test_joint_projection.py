@@ -127,3 +127,24 @@ def test_fp8_all_gather_is_refused():
     float8.convert_to_float8(model, "fp8_tensorwise", fp8_all_gather=True, emulate=True)
     with pytest.raises(ConfigError, match="gathers its weight in fp8"):
         join_projections(model)
+
+
+def test_one_compiled_graph_serves_every_joined_block():
+    """Each block holds its own JointProjection: compile must not specialise on it (more blocks
+    than dynamo's cache limit would then run eager)."""
+    from internlm.runtime.torch_compile import compile_blocks, compile_stats
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=64, hidden_size=32, num_layers=10, mlp=MLPConfig(intermediate_size=48),
+                               attention=AttentionConfig(num_heads=4, num_kv_heads=2, backend="sdpa"))
+    reference = Transformer(config)
+    model = copy.deepcopy(reference)
+    join_projections(model)
+    compile_blocks(model, backend="aot_eager")
+    before = compile_stats()
+    ids = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(0))
+    out = model(ids)
+    torch.testing.assert_close(out, reference(ids), rtol=1e-5, atol=1e-5)
+    assert compile_stats()["unique_graphs"] - before["unique_graphs"] == 1
+    assert compile_stats()["recompiles"] == before["recompiles"]
