@@ -71,9 +71,9 @@ VARIANTS["bf16masterlongbefore"] = VARIANTS["bf16masterlong"]
 VARIANTS["bf16mastercudnn"] = VARIANTS["bf16master"] + ["model.attention.backend=cudnn"]
 VARIANTS["fp8mastercudnn"] = VARIANTS["fp8master"] + ["model.attention.backend=cudnn"]
 VARIANTS["bf16mastergemm"] = VARIANTS["bf16master"]  # + VARIANT_ENV: inductor's gemm autotuning
-# q/k/v and gate/up each as one matmul (model.kernels.joint_projections)
-VARIANTS["bf16masterjoint"] = VARIANTS["bf16master"] + ["model.kernels.joint_projections=true"]
-VARIANTS["fp8masterjoint"] = VARIANTS["fp8master"] + ["model.kernels.joint_projections=true"]
+# inductor's tuning of its own Triton kernels (the fp8 casts and amax reductions, element-wise ops)
+VARIANTS["fp8mastercdt"] = VARIANTS["fp8master"]  # + VARIANT_ENV: coordinate-descent tuning of each kernel's tiling
+VARIANTS["fp8masterpw"] = VARIANTS["fp8master"]  # + VARIANT_ENV: more tilings timed for pointwise and reduction kernels
 BEFORE = {"dir": None}  # set by --before: a folder holding `internlm/` and `conf/` of the earlier commit
 PROFILE_START, PROFILE_STEPS, STEPS = 11, 2, 14  # steps 11-13 are left out of the throughput (13 ends the profiler)
 TIMED = [  # (kind, tag, what) in order; "repeat" rows run only while the budget lasts
@@ -87,15 +87,17 @@ TIMED = [  # (kind, tag, what) in order; "repeat" rows run only while the budget
     ("ours", "bf16mastercudnn", True), ("ours", "bf16mastercudnn-2", False),
     ("ours", "fp8mastercudnn", True), ("ours", "fp8mastercudnn-2", False),
     ("ours", "bf16mastergemm", True), ("ours", "bf16mastergemm-2", False),
-    ("ours", "bf16masterjoint", True), ("ours", "bf16masterjoint-2", False),
-    ("ours", "fp8masterjoint", True), ("ours", "fp8masterjoint-2", False),
+    ("ours", "fp8mastercdt", True), ("ours", "fp8mastercdt-2", False),
+    ("ours", "fp8masterpw", True), ("ours", "fp8masterpw-2", False),
 ]
 PROFILED = {"bf16", "fp8", "bf16true", "bf16master", "fp8master", "bf16masterlong", "bf16mastercudnn", "fp8mastercudnn", "bf16mastergemm",
-            "bf16masterjoint", "fp8masterjoint"}  # the first run of these is profiled
+            "fp8mastercdt", "fp8masterpw"}  # the first run of these is profiled
 
 
 # Inductor settings of a variant, through its environment: the program's code is unchanged
-VARIANT_ENV = {"bf16mastergemm": {"TORCHINDUCTOR_MAX_AUTOTUNE_GEMM": "1"}}  # Triton/ATen gemms timed per shape
+VARIANT_ENV = {"bf16mastergemm": {"TORCHINDUCTOR_MAX_AUTOTUNE_GEMM": "1"},  # Triton/ATen gemms timed per shape
+               "fp8mastercdt": {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"},
+               "fp8masterpw": {"TORCHINDUCTOR_MAX_AUTOTUNE_POINTWISE": "1"}}
 
 
 def program_env(tag: str) -> dict:

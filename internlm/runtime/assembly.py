@@ -6,7 +6,6 @@
     3 kernels        fused implementations of RMSNorm / SwiGLU / rotary (model.kernels)
     4 adapters       e.g. LoRA (adapter=...), so only adapter parameters train
     4b float8        the blocks' linears in fp8 (model.kernels.matmul, internlm/runtime/float8.py)
-    4c joint projections  q/k/v and gate/up each as one matmul (model.kernels.joint_projections)
     5 tensor parallel  DTensor colwise/rowwise + sequence-parallel norms   } sharding strategies:
     6 activation checkpointing  (trainer.activation_checkpointing)           } `parallelize`, which
     7 compile        torch.compile per block (trainer.compile)               } Fabric calls inside
@@ -29,7 +28,6 @@ from torch import nn
 from internlm import registry
 from internlm.components.loss.vocab_parallel import VocabParallelCrossEntropy
 from internlm.components.model.fused_ops import apply_kernels, resolve_kernels
-from internlm.components.model.joint_projection import join_projections
 from internlm.config import RootConfig
 from internlm.planning import Plan
 from internlm.runtime import parallelize as parallel
@@ -71,8 +69,6 @@ def assemble_model(fabric, config: RootConfig, plan: Plan, strategy, loss, adapt
         adapter.apply(model)  # 4
     sharded = strategy.sharding_options(plan.precision) is not None and plan.layout.shard > 1
     float8.convert_to_float8(model, matmul, fp8_all_gather=sharded)  # 4b: before FSDP wraps the weights
-    if config.model.kernels.joint_projections:
-        join_projections(model, plan.layout.tensor)  # 4c: over the final (fp8 or adapted) layers
     if fabric.is_global_zero:
         log.info("attention kernel %s; kernels %s; compile %s", plan.attention_backend, kernels.names, use_compile(config, plan))
     if strategy.sharding_options(plan.precision) is None:

@@ -39,14 +39,12 @@ class SelfAttention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden_size, bias=config.out_bias)
         self.scale = attention_backends.default_scale(self.head_dim)
         self.rotary_kernel = None  # an alternative fn(q, k, cos, sin) -> (q, k), set by the kernels step
-        self.joint_qkv = None  # fn(x) -> (q, k, v) as one matmul (joint_projection.py), set by the kernels step
 
     def forward(self, x: torch.Tensor, layout: DocumentLayout, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         batch, seq, _ = x.shape
-        q, k, v = self.joint_qkv(x) if self.joint_qkv is not None else (self.q_proj(x), self.k_proj(x), self.v_proj(x))
-        q = q.view(batch, seq, self.num_heads, self.head_dim)
-        k = k.view(batch, seq, self.num_kv_heads, self.head_dim)
-        v = v.view(batch, seq, self.num_kv_heads, self.head_dim)
+        q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim)
         cos, sin = rope
         if self.rotary_kernel is not None:
             q, k = self.rotary_kernel(q, k, cos, sin)

@@ -35,7 +35,6 @@ class KernelsConfig:
     swiglu: str = "auto"  # auto | torch | liger: silu(gate) * up
     rotary: str = "auto"  # auto | torch | liger: rotary embedding of q and k
     matmul: str = "bf16"  # bf16 | fp8_tensorwise | fp8_rowwise: the blocks' linear layers (internlm/runtime/float8.py)
-    joint_projections: bool = False  # q/k/v and gate/up each as one matmul over concatenated weights (joint_projection.py)
 
 
 # Measured fastest per op on CUDA (bench/RESULTS.md); `auto` on other devices is always torch.

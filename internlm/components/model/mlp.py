@@ -27,10 +27,8 @@ class SwiGLU(nn.Module):
         self.up_proj = nn.Linear(hidden_size, config.intermediate_size, bias=config.bias)
         self.down_proj = nn.Linear(config.intermediate_size, hidden_size, bias=config.bias)
         self.kernel = None  # an alternative silu(gate) * up, fn(gate, up), set by the kernels step
-        self.joint_gate_up = None  # fn(x) -> (gate, up) as one matmul (joint_projection.py), set by the kernels step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.joint_gate_up(x) if self.joint_gate_up is not None else (self.gate_proj(x), self.up_proj(x))
         if self.kernel is not None:
-            return self.down_proj(self.kernel(gate, up))
-        return self.down_proj(F.silu(gate) * up)
+            return self.down_proj(self.kernel(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
