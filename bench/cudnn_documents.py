@@ -4,6 +4,7 @@ which is faster for InternLM-7B's attention (32 heads x 128, batch 4 x 4096, bf1
 
     python bench/cudnn_documents.py --out "$OUT"     # one H200, ~1-2 min
     python bench/cudnn_documents.py --out "$OUT" --per-row 4,16,64   # speed only, rows of equal short documents
+    python bench/cudnn_documents.py --out "$OUT" --grid   # speed only: bucketed or exact counts, row or longest max_len
     python bench/cudnn_documents.py --cpu            # smoke test of this driver: availability only
 
 Layouts: the first --batches batches of the README's program (the bundled corpus, 4.5 documents
@@ -59,6 +60,12 @@ def short_documents(batch: int, seq: int, per_row: int) -> torch.Tensor:
     return row.repeat(batch, 1)
 
 
+def random_inputs(shape, device, seed: int) -> tuple[torch.Tensor, ...]:
+    """q, k, v and an output gradient of `shape`, bf16 on `device`, the same for a seed on any device."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return tuple(torch.randn(*shape, generator=g).to(device, torch.bfloat16) for _ in range(4))
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-30))
 
@@ -76,8 +83,7 @@ def run(name: str, q, k, v, grad, positions, device, backward: bool = True):
 
 
 def function_checks(layouts, device, shape, backward: bool) -> None:
-    g = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v, grad = (torch.randn(*shape, generator=g).to(device, torch.bfloat16) for _ in range(4))
+    q, k, v, grad = random_inputs(shape, device, seed=0)
     for index, positions in enumerate(layouts):
         ref = run("eager", q.float(), k.float(), v.float(), grad.float(), positions, device)
         documents = len(cu_seqlens_from_positions(positions)[0]) - 1
@@ -124,8 +130,7 @@ def repeatability(layouts, device, shape) -> None:
     """Two identical forward + backward calls: bitwise equal gradients? cuDNN's default backward
     accumulates dq atomically; under torch.use_deterministic_algorithms(True) the backend builds
     cuDNN's deterministic backward instead (its cost is timed too)."""
-    g = torch.Generator(device="cpu").manual_seed(2)
-    q, k, v, grad = (torch.randn(*shape, generator=g).to(device, torch.bfloat16) for _ in range(4))
+    q, k, v, grad = random_inputs(shape, device, seed=2)
     for deterministic in (False, True):
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
         try:
@@ -157,8 +162,7 @@ def median_ms(fn, reps: int) -> float:
 
 
 def speed(layouts, device, shape, reps: int, backward: bool, host_queue: bool = True) -> None:
-    g = torch.Generator(device="cpu").manual_seed(1)
-    q, k, v, grad = (torch.randn(*shape, generator=g).to(device, torch.bfloat16) for _ in range(4))
+    q, k, v, grad = random_inputs(shape, device, seed=1)
     scale = shape[-1] ** -0.5
     for index, positions in enumerate(layouts):
         documents = len(cu_seqlens_from_positions(positions)[0]) - 1
@@ -210,9 +214,7 @@ def grid(layouts, device, shape, reps: int) -> None:
     """What cuDNN's launch grid costs: forward + backward of the same documents with the count
     padded to its bucket or exact, and the row length or the longest document as max_len (the
     kernels launch documents x heads x max_len / tile blocks; the empty ones exit at once)."""
-    g = torch.Generator(device="cpu").manual_seed(3)
-    tokens = shape[0] * shape[1]
-    q, k, v, grad = (torch.randn(tokens, *shape[2:], generator=g).to(device, torch.bfloat16) for _ in range(4))
+    q, k, v, grad = random_inputs((shape[0] * shape[1], *shape[2:]), device, seed=3)  # flattened: [T, H, D]
     scale = shape[-1] ** -0.5
     for index, positions in enumerate(layouts):
         cu, longest = cu_seqlens_from_positions(positions)
@@ -248,18 +250,20 @@ def main() -> int:
     backward = reason is None
     if device.type == "cuda" and (backward or "wrong results" in reason):  # a wrong backward: the forward is still timed
         shape = (4, 4096, 32, 128)
-        if args.grid:
-            grid(program_positions(args.batches, cpu=False) + [short_documents(4, 4096, 64)], device, shape, args.reps)
-        elif args.per_row:  # the crossover: speed rows only, rows of equal short documents
-            layouts = [short_documents(4, 4096, int(n)) for n in args.per_row.split(",")]
-            speed(layouts, device, shape, args.reps, backward, host_queue=False)
+        if args.per_row:  # the crossover: speed rows only, rows of equal short documents
+            speed([short_documents(4, 4096, int(n)) for n in args.per_row.split(",")], device, shape, args.reps, backward,
+                  host_queue=False)
         else:
             layouts = program_positions(args.batches, cpu=False) + [short_documents(4, 4096, 64)]
-            function_checks(layouts, device, shape, backward)
-            if backward:
-                repeatability(layouts, device, shape)
-            if not args.repeatability_only:
-                speed(layouts, device, shape, args.reps, backward)
+            if args.grid:
+                if backward:  # a wrong backward may also write out of bounds: not run
+                    grid(layouts, device, shape, args.reps)
+            else:
+                function_checks(layouts, device, shape, backward)
+                if backward:
+                    repeatability(layouts, device, shape)
+                if not args.repeatability_only:
+                    speed(layouts, device, shape, args.reps, backward)
     with open(os.path.join(args.out, "cudnn_documents.json"), "w") as f:
         json.dump(ROWS, f, indent=1)
     return 0 if (reason is None or args.cpu) else 1

@@ -117,6 +117,10 @@ class _Graph:
         self.graph.execute(pack, workspace, handle=_bound_handle(device))
 
 
+def _shape_words(documents: int, heads: int, head_dim: int, dtype: torch.dtype) -> str:
+    return f"{documents} documents x {heads} heads x {head_dim} dims in {dtype}"
+
+
 @functools.cache
 def forward_graph(documents, heads, head_dim, max_len, scale, dtype, device) -> _Graph:
     g = _Graph(frontend(), dtype, device, documents)
@@ -125,7 +129,7 @@ def forward_graph(documents, heads, head_dim, max_len, scale, dtype, device) -> 
     out, stats = g.graph.sdpa(name="sdpa", q=q, k=k, v=v, generate_stats=True, attn_scale=scale, **g.mask())
     g.ragged_output("o", out, shape)
     g.ragged_output("stats", stats, stats_shape, g.cudnn.data_type.FLOAT)
-    return g.build(f"the forward of {documents} documents x {heads} heads x {head_dim} dims in {dtype}")
+    return g.build(f"the forward of {_shape_words(documents, heads, head_dim, dtype)}")
 
 
 @functools.cache
@@ -141,7 +145,7 @@ def backward_graph(documents, heads, head_dim, max_len, tokens, scale, dtype, de
                                   use_deterministic_algorithm=deterministic, **g.mask())
     for name, grad in zip(("dq", "dk", "dv"), grads):
         g.ragged_output(name, grad, shape)
-    return g.build(f"the backward of {documents} documents x {heads} heads x {head_dim} dims in {dtype}")
+    return g.build(f"the backward of {_shape_words(documents, heads, head_dim, dtype)}")
 
 
 def _metadata(cu_seqlens: torch.Tensor, heads: int, head_dim: int) -> dict[str, torch.Tensor]:
