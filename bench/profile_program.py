@@ -11,6 +11,13 @@ records whole iterations: from the start of step `--start` to the start of step 
     python bench/profile_program.py --tag bf16 --out /tmp/prof -- model=internlm_7b model.num_layers=16 \\
         data.seq_len=4096 data.global_batch_size=4 loss=chunked trainer.max_steps=14 ...
     python bench/profile_program.py --tag cpu --start 2 --steps 1 --out /tmp/prof -- trainer.max_steps=4  # CPU smoke test
+    python bench/profile_program.py --tag nd --inductor triton.prefer_nd_tiling=True --gaps --out /tmp/prof -- ...
+
+--inductor KEY=VALUE (repeatable) sets torch._inductor.config.KEY before anything compiles (a
+tiling or codegen choice tried on the program unchanged). --gaps times, with CUDA events and no
+profiler, where the GPU waits for the host at every step boundary (gaps_<tag>.txt): from the end
+of the previous step's queued work (the optimizer) to the host entering the next step, and from
+there to the first block's forward.
 
 The steps inside the window run slower than the others (the profiler's own cost): read
 throughput from the program's metrics.csv outside the window (bench/summarize_run.py --skip).
@@ -114,6 +121,74 @@ def report(prof, tag: str, steps: int, wall_s: float) -> str:
     return "\n".join(lines)
 
 
+def set_inductor(options: list[str]) -> None:
+    """KEY=VALUE pairs onto torch._inductor.config (dotted keys reach sub-configs: triton.max_tiles)."""
+    import ast
+
+    import torch._inductor.config as config
+
+    for option in options:
+        key, _, text = option.partition("=")
+        *path, name = key.split(".")
+        target = config
+        for part in path:
+            target = getattr(target, part)
+        if not hasattr(target, name):
+            raise SystemExit(f"--inductor {option}: torch._inductor.config has no {key} in torch {torch.__version__}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        setattr(target, name, value)
+        print(f"inductor config {key} = {value!r}", flush=True)
+
+
+class StepGaps:
+    """CUDA events at each train_step's entry and exit and at its first block's forward; read at
+    the end, so the measurement adds no sync to the steps it times."""
+
+    def __init__(self):
+        self.steps: list[dict] = []  # per step: events and host clock readings
+        self.current: dict | None = None
+
+    def _event(self):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def enter(self):
+        self.current = {"entry": self._event(), "entry_t": time.perf_counter()}
+
+    def first_block(self):
+        if self.current is not None and "block" not in self.current:
+            self.current["block"], self.current["block_t"] = self._event(), time.perf_counter()
+
+    def exit(self):
+        self.current["exit"], self.current["exit_t"] = self._event(), time.perf_counter()
+        self.steps.append(self.current)
+        self.current = None
+
+    def report(self, tag: str, skip: int, window: set[int]) -> str:
+        torch.cuda.synchronize()
+        lines = [f"# {tag}: GPU waits at step boundaries (ms; CUDA events, steps in the profiler window left out)",
+                 "step  boundary_idle  host_exit_to_entry  entry_to_first_block_gpu  host_entry_to_block  block_to_exit_gpu  host_step"]
+        rows = []
+        for i in range(1, len(self.steps)):
+            step, before = self.steps[i], self.steps[i - 1]
+            if i + 1 <= skip or (i + 1) in window or "block" not in step:
+                continue
+            row = (i + 1, before["exit"].elapsed_time(step["entry"]), 1e3 * (step["entry_t"] - before["exit_t"]),
+                   step["entry"].elapsed_time(step["block"]), 1e3 * (step["block_t"] - step["entry_t"]),
+                   step["block"].elapsed_time(step["exit"]), 1e3 * (step["exit_t"] - before["exit_t"]))
+            rows.append(row)
+            lines.append(f"{row[0]:4d}  " + "  ".join(f"{v:9.2f}" for v in row[1:]))
+        if rows:
+            import statistics
+
+            lines.append("median " + "  ".join(f"{statistics.median(r[k] for r in rows):9.2f}" for k in range(1, 7)))
+        return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cut = argv.index("--") if "--" in argv else len(argv)
@@ -123,15 +198,19 @@ def main(argv=None) -> int:
     p.add_argument("--start", type=int, default=10, help="first profiled step (1-based calls of train_step)")
     p.add_argument("--steps", type=int, default=2, help="iterations recorded")
     p.add_argument("--trace", action="store_true", help="also write the Chrome trace (gzipped)")
+    p.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE", help="a torch._inductor.config setting")
+    p.add_argument("--gaps", action="store_true", help="time the GPU's waits at step boundaries (CUDA only)")
     args = p.parse_args(argv[:cut])
     overrides = argv[cut + 1 :]
     os.makedirs(args.out, exist_ok=True)
+    set_inductor(args.inductor)
 
-    from internlm.runtime import fit
+    from internlm.runtime import fit, torch_compile
 
     original = fit.train_step
     state = {"calls": 0, "prof": None, "t0": 0.0}
     cuda = torch.cuda.is_available()
+    gaps = StepGaps() if args.gaps and cuda else None
 
     def sync():
         if cuda:
@@ -163,9 +242,22 @@ def main(argv=None) -> int:
             state["prof"] = torch.profiler.profile(activities=activities)
             state["prof"].__enter__()
             state["t0"] = time.perf_counter()
-        return original(*a, **k)
+        if gaps is None:
+            return original(*a, **k)
+        gaps.enter()
+        result = original(*a, **k)
+        gaps.exit()
+        return result
 
     fit.train_step = profiled_step
+    if gaps is not None:
+        prepare = torch_compile._prepare_layout  # each block's pre-forward hook looks it up by name
+
+        def timed_prepare(*a, **k):
+            gaps.first_block()
+            return prepare(*a, **k)
+
+        torch_compile._prepare_layout = timed_prepare
     sys.argv = [sys.argv[0]] + overrides
     from internlm.__main__ import main as program_main
 
@@ -174,6 +266,12 @@ def main(argv=None) -> int:
     finally:
         if state["prof"] is not None:  # the run ended inside the window: report what was recorded
             finish()
+        if gaps is not None:
+            window = set(range(args.start, args.start + args.steps + 1))
+            text = gaps.report(args.tag, skip=4, window=window)
+            with open(os.path.join(args.out, f"gaps_{args.tag}.txt"), "w") as f:
+                f.write(text + "\n")
+            print(text, flush=True)
     return 0
 
 

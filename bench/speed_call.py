@@ -74,6 +74,9 @@ VARIANTS["bf16mastergemm"] = VARIANTS["bf16master"]  # + VARIANT_ENV: inductor's
 # inductor's tuning of its own Triton kernels (the fp8 casts and amax reductions, element-wise ops)
 VARIANTS["fp8mastercdt"] = VARIANTS["fp8master"]  # + VARIANT_ENV: coordinate-descent tuning of each kernel's tiling
 VARIANTS["fp8masterpw"] = VARIANTS["fp8master"]  # + VARIANT_ENV: more tilings timed for pointwise and reduction kernels
+# inductor's code generation for the fp8 casts (they write a transposed fp8 copy too): VARIANT_INDUCTOR
+for _name in ("nd", "bp", "td", "nocoal", "ndtr"):
+    VARIANTS[f"fp8master{_name}"] = VARIANTS["fp8master"]
 BEFORE = {"dir": None}  # set by --before: a folder holding `internlm/` and `conf/` of the earlier commit
 PROFILE_START, PROFILE_STEPS, STEPS = 11, 2, 14  # steps 11-13 are left out of the throughput (13 ends the profiler)
 TIMED = [  # (kind, tag, what) in order; "repeat" rows run only while the budget lasts
@@ -89,15 +92,24 @@ TIMED = [  # (kind, tag, what) in order; "repeat" rows run only while the budget
     ("ours", "bf16mastergemm", True), ("ours", "bf16mastergemm-2", False),
     ("ours", "fp8mastercdt", True), ("ours", "fp8mastercdt-2", False),
     ("ours", "fp8masterpw", True), ("ours", "fp8masterpw-2", False),
+    *[("ours", f"fp8master{name}", True) for name in ("nd", "bp", "td", "nocoal", "ndtr")],
 ]
 PROFILED = {"bf16", "fp8", "bf16true", "bf16master", "fp8master", "bf16masterlong", "bf16mastercudnn", "fp8mastercudnn", "bf16mastergemm",
-            "fp8mastercdt", "fp8masterpw"}  # the first run of these is profiled
+            "fp8mastercdt", "fp8masterpw", *(f"fp8master{name}" for name in ("nd", "bp", "td", "nocoal", "ndtr"))}  # the first run of these is profiled
 
 
 # Inductor settings of a variant, through its environment: the program's code is unchanged
 VARIANT_ENV = {"bf16mastergemm": {"TORCHINDUCTOR_MAX_AUTOTUNE_GEMM": "1"},  # Triton/ATen gemms timed per shape
                "fp8mastercdt": {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"},
                "fp8masterpw": {"TORCHINDUCTOR_MAX_AUTOTUNE_POINTWISE": "1"}}
+# torch._inductor.config settings of a variant (profile_program.py --inductor), the code unchanged
+VARIANT_INDUCTOR = {
+    "fp8masternd": ["triton.prefer_nd_tiling=True"],  # tile every dimension: a transposed store gets a 2-D tile
+    "fp8masterbp": ["triton.use_block_ptr=True"],  # block pointers for loads and stores
+    "fp8mastertd": ["triton.use_tensor_descriptor=True", "assume_aligned_inputs=True"],  # TMA loads and stores
+    "fp8masternocoal": ["triton.coalesce_tiling_analysis=False"],  # the older tiling heuristic
+    "fp8masterndtr": ["triton.prefer_nd_tiling=True", "triton.tile_reductions=True"],  # the amax reductions tiled too
+}
 
 
 def program_env(tag: str) -> dict:
@@ -107,17 +119,18 @@ def program_env(tag: str) -> dict:
 
 def program_cmd(tag: str, layers: int, steps: int, out: str, cpu: bool, profile: bool, trace: bool) -> list[str]:
     variant = VARIANTS[tag.split("-")[0]]
+    inductor = [f"--inductor={option}" for option in VARIANT_INDUCTOR.get(tag.split("-")[0], [])]
     overrides = (CPU_PROGRAM if cpu else PROGRAM + [f"model.num_layers={layers}"]) + variant
     overrides += [f"trainer.max_steps={steps}", f"hydra.run.dir=/tmp/speed_runs/{tag}-L{layers}"]
     if tag.split("-")[0].endswith("before"):  # `-m` would put the checkout's package first on sys.path
         boot = f"import runpy, sys; sys.path.insert(0, {os.path.abspath(BEFORE['dir'])!r}); runpy.run_module('internlm', run_name='__main__', alter_sys=True)"
         return [sys.executable, "-c", boot] + overrides
-    if not profile:
+    if not profile and not inductor:
         return [sys.executable, "-m", "internlm"] + overrides
-    start = 2 if cpu else PROFILE_START
+    start = (2 if cpu else PROFILE_START) if profile else 10**6  # never reached: the knobs without the profiler
     head = [sys.executable, os.path.join(HERE, "profile_program.py"), "--out", out, "--tag", tag, "--start", str(start),
-            "--steps", "1" if cpu else str(PROFILE_STEPS)] + (["--trace"] if trace else [])
-    return head + ["--"] + overrides
+            "--steps", "1" if cpu else str(PROFILE_STEPS)] + (["--trace"] if trace else []) + inductor
+    return head + (["--gaps"] if profile and not cpu else []) + ["--"] + overrides
 
 
 def throughput(run_dir: str, skip: int, exclude: set[int]) -> dict:
