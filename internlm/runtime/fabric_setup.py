@@ -7,6 +7,9 @@ from typing import Callable
 
 from internlm.config import RootConfig
 from internlm.planning import Plan
+from internlm.runtime.child_watchdog import give_watchdog_grace
+
+WATCHDOG_MARGIN_S = 30  # past the collective timeout: time to write the message and exit
 
 
 def make_loggers(names: list[str], run_dir: Path) -> list:
@@ -37,5 +40,7 @@ def make_fabric(config: RootConfig, plan: Plan, run_dir: Path, strategy, paralle
                                           timeout=timedelta(seconds=config.trainer.collective_timeout_s)),
         loggers=make_loggers(list(config.trainer.loggers), run_dir),
     )
+    # A rank that dies gets reported by rank 0 in one message (lost_peer): Lightning's watchdog waits for it
+    give_watchdog_grace(config.trainer.collective_timeout_s + WATCHDOG_MARGIN_S)
     fabric.launch()
     return fabric
