@@ -148,6 +148,8 @@ def test_a_frozen_rank_stops_the_survivor_after_the_collective_timeout(tmp_path,
     assert code == 2 and "Traceback" not in err, err[-3000:]
     assert "stopped answering" in err and "rank 0 of 2 cannot go on" in err, err[-3000:]
     assert "Timed out waiting" in err or "Application timeout" in err, err[-3000:]  # gloo's two words for it
-    assert FROZEN_TIMEOUT_S - 1 <= waited, f"stopped after {waited:.0f} s: before the timeout, so not for it"
+    # gloo's clock starts when rank 0 enters the collective, which may be before the freeze: on a busy
+    # 2-core machine rank 1 can lag a second or more behind. Any other way of stopping takes ~1 s.
+    assert FROZEN_TIMEOUT_S - 5 <= waited, f"stopped after {waited:.0f} s: before the timeout, so not for it"
     complete = checkpoint.complete_checkpoints(run_dir)
     assert [c.name for c in complete] == [FIRST] and checkpoint.damage(complete[0]) is None
