@@ -12,6 +12,7 @@ trainer.collective_timeout_s. Only a rank 0 stuck outside collectives is still k
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 log = logging.getLogger("internlm")
@@ -41,9 +42,7 @@ def give_watchdog_grace(grace_s: float) -> bool:
         return False
     observer = observer_with_grace(grace_s)
 
-    def launch_observer(child_processes, observer=observer):
-        import os
-
+    def launch_observer(child_processes):
         observer(child_processes=child_processes, main_pid=os.getpid()).start()
 
     subprocess_script._launch_process_observer = launch_observer

@@ -48,6 +48,7 @@ def test_children_that_finish_well_get_nobody_killed():
 
 
 def test_fabrics_launcher_starts_the_watchdog_with_grace(monkeypatch):
+    # set to itself: monkeypatch then puts Lightning's own launcher back after the test
     monkeypatch.setattr(subprocess_script, "_launch_process_observer", subprocess_script._launch_process_observer)
     started = []
     monkeypatch.setattr(subprocess_script._ChildProcessObserver, "start", lambda self: started.append(self))
