@@ -68,14 +68,17 @@ def triton_cast_transpose():
     return run
 
 
-def swiglu_backward_casts(gate, up, dh, scales):
-    """The SwiGLU backward's cast pass in plain torch: (dGate, dGate^T, dUp, dUp^T) in e5m2, H^T in e4m3."""
+def swiglu_backward_values(gate, up, dh):
+    """The pass's three results in fp32, before scaling: dGate, dUp and H = silu(gate) * up."""
     g, u, d = gate.float(), up.float(), dh.float()
     sig = torch.sigmoid(g)
     silu = g * sig
-    d_up = d * silu
-    d_gate = d * u * sig * (1 + g * (1 - sig))
-    h = silu * u
+    return d * u * sig * (1 + g * (1 - sig)), d * silu, silu * u
+
+
+def swiglu_backward_casts(gate, up, dh, scales):
+    """The SwiGLU backward's cast pass in plain torch: (dGate, dGate^T, dUp, dUp^T) in e5m2, H^T in e4m3."""
+    d_gate, d_up, h = swiglu_backward_values(gate, up, dh)
     e5 = [(t * s).clamp(-E5M2_MAX, E5M2_MAX).to(torch.float8_e5m2) for t, s in ((d_gate, scales[0]), (d_up, scales[1]))]
     ht = (h * scales[2]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).t().contiguous()
     return e5[0], e5[0].t().contiguous(), e5[1], e5[1].t().contiguous(), ht
@@ -123,6 +126,23 @@ def triton_swiglu_backward_casts():
     return run
 
 
+def tile_sweep(run, compare) -> dict:
+    """{tile name: time and comparison} for every tile in TILES; `run(tile)` returns the outputs."""
+    entries = {}
+    for tile in TILES:
+        name = f"triton_{tile[0]}x{tile[1]}w{tile[2]}"
+        try:
+            got = run(tile)
+            entries[name] = {"us": round(timed(lambda: run(tile)), 1), **compare(got)}
+        except Exception as exc:  # one tile that does not compile must not end the table
+            entries[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    return entries
+
+
+def bitwise_equal(got, want) -> bool:
+    return all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(got, want))
+
+
 def fp8_gap(got, want) -> dict:
     """Share of fp8 bytes that differ, and the largest difference in units of the reference's scale."""
     differ = sum(int((a.view(torch.uint8) != b.view(torch.uint8)).sum()) for a, b in zip(got, want))
@@ -137,22 +157,15 @@ def swiglu_rows() -> list[dict]:
     m, n = 16384, 11008
     gate, up = (torch.randn(m, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     dh = torch.randn(m, n, device="cuda", dtype=torch.bfloat16) * 1e-3
-    with torch.no_grad():  # each scale as torchao's tensorwise cast takes it: max / amax
-        s = swiglu_backward_casts(gate, up, dh, torch.ones(3, device="cuda"))
-        amax = [t.float().abs().max() for t in (s[0], s[2], s[4])]
-    scales = torch.stack([E5M2_MAX / amax[0], E5M2_MAX / amax[1], E4M3_MAX / amax[2]]).float().contiguous()
+    # each scale as torchao's tensorwise cast takes it: the format's max over the tensor's amax
+    amax = torch.stack([t.abs().max() for t in swiglu_backward_values(gate, up, dh)])
+    scales = (torch.tensor([E5M2_MAX, E5M2_MAX, E4M3_MAX], device="cuda") / amax).contiguous()
     want = compiled(gate, up, dh, scales)
     floor_us = gate.numel() * 11 / 4.3e12 * 1e6  # 3 x 2 B read + 5 x 1 B written per element
     row = {"shape": [m, n], "floor_us_at_4.3TBps": round(floor_us, 1),
            "inductor_us": round(timed(lambda: compiled(gate, up, dh, scales)), 1),
            "inductor_vs_eager": fp8_gap(want, swiglu_backward_casts(gate, up, dh, scales))}
-    for tile in TILES:
-        name = f"triton_{tile[0]}x{tile[1]}w{tile[2]}"
-        try:
-            got = hand(gate, up, dh, scales, tile)
-            row[name] = {"us": round(timed(lambda: hand(gate, up, dh, scales, tile)), 1), **fp8_gap(got, want)}
-        except Exception as exc:  # one tile that does not compile must not end the table
-            row[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    row.update(tile_sweep(lambda tile: hand(gate, up, dh, scales, tile), lambda got: fp8_gap(got, want)))
     print(json.dumps(row), flush=True)
     return [row]
 
@@ -184,14 +197,8 @@ def cast_rows() -> list[dict]:
                "eager_us": round(timed(lambda: eager(x, scale)), 1),
                "inductor_us": round(timed(lambda: compiled(x, scale)), 1)}
         got = compiled(x, scale)
-        row["inductor_equal"] = all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(got, want))
-        for tile in TILES:
-            try:
-                got = hand(x, scale, tile)
-                equal = all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(got, want))
-                row[f"triton_{tile[0]}x{tile[1]}w{tile[2]}"] = {"us": round(timed(lambda: hand(x, scale, tile)), 1), "equal": equal}
-            except Exception as exc:  # one tile that does not compile must not end the table
-                row[f"triton_{tile[0]}x{tile[1]}w{tile[2]}"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        row["inductor_equal"] = bitwise_equal(got, want)
+        row.update(tile_sweep(lambda tile: hand(x, scale, tile), lambda got: {"equal": bitwise_equal(got, want)}))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
