@@ -45,6 +45,12 @@ PLANS: dict[str, list[tuple[str, str, str | None, list[str]]]] = {
         ("ours", "parity-fp8tw", "p-fp8tw", ["--matmul", "fp8_tensorwise"] + PARITY),
         ("ours", "parity-fp8rw", "p-fp8rw", ["--matmul", "fp8_rowwise"] + PARITY),
     ],
+    # fast accumulation in the backward's gemms too (model.kernels.fp8_fast_accum=all) against the default and bf16
+    "parity-fast": [
+        ("ours", "parity-fp8tw-fastall", "p-fp8tw-fast", ["--matmul", "fp8_tensorwise", "--fast-accum", "all"] + PARITY),
+        ("ours", "parity-fp8tw", "p-fp8tw", ["--matmul", "fp8_tensorwise"] + PARITY),
+        ("ours", "parity-bf16", "p-bf16", ["--matmul", "bf16"] + PARITY),
+    ],
     "main": [
         ("ours", "l16-bf16-cold", "l16-bf16", ["--matmul", "bf16"] + L16),
         ("ours", "l16-fp8tw-cold", "l16-fp8tw", ["--matmul", "fp8_tensorwise"] + L16),

@@ -56,6 +56,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # no prefix matching: --lr is not --lr-warmup
     p.add_argument("--matmul", default="bf16", choices=float8.MATMULS)
     p.add_argument("--emulate", action="store_true", help="fp8 casts with high-precision matmuls (CPU tests)")
+    p.add_argument("--fast-accum", default="forward", choices=float8.FAST_ACCUM, help="model.kernels.fp8_fast_accum")
     p.add_argument("--shape", choices=sorted(SHAPES), default=None)
     p.add_argument("--tokens", default=None, help="a .npy of real text tokens (bench/fp8_corpus.py); default: random")
     p.add_argument("--lr-warmup", type=int, default=30, help="linear lr warm-up steps (real-text runs)")
@@ -110,7 +111,7 @@ def run(args) -> dict:
         model = Transformer(cfg)
     kernels = resolve_kernels(KernelsConfig(args.kernels, args.kernels, args.kernels), device)
     apply_kernels(model, kernels)
-    converted = float8.convert_to_float8(model, args.matmul, emulate=args.emulate)
+    converted = float8.convert_to_float8(model, args.matmul, emulate=args.emulate, fast_accum=args.fast_accum)
     apply_activation_checkpointing(model, args.ac, args.ac_every)
     if args.compile:
         compile_blocks(model)
@@ -164,6 +165,7 @@ def run(args) -> dict:
     result = {
         "tag": args.tag,
         "matmul": args.matmul,
+        "fast_accum": args.fast_accum,
         "fp8_layers": len(converted),
         "device": name,
         "layers": args.layers,

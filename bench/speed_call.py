@@ -59,6 +59,7 @@ VARIANTS = {  # tag -> the program's overrides beyond PROGRAM
     "fp8master": ["trainer.precision=bf16-true", "optimizer=adamw_bf16", "optimizer.master_weights=true",
                   "model.kernels.matmul=fp8_tensorwise"],
 }
+VARIANTS["fp8masterfast"] = VARIANTS["fp8master"] + ["model.kernels.fp8_fast_accum=all"]  # the backward's gemms unpromoted too
 VARIANTS["bf16masterbefore"] = VARIANTS["bf16master"]  # A/B of a change on the bf16master program
 # Long documents: the bundled corpus as ONE document, so every row holds a single document (the
 # bundled corpus packed holds one in 12% of its 4096-token rows). Attention's causal path for such
@@ -93,9 +94,10 @@ TIMED = [  # (kind, tag, what) in order; "repeat" rows run only while the budget
     ("ours", "fp8mastercdt", True), ("ours", "fp8mastercdt-2", False),
     ("ours", "fp8masterpw", True), ("ours", "fp8masterpw-2", False),
     *[("ours", f"fp8master{name}", True) for name in ("nd", "bp", "td", "nocoal", "ndtr")],
+    ("ours", "fp8masterfast", True), ("ours", "fp8masterfast-2", False),
 ]
 PROFILED = {"bf16", "fp8", "bf16true", "bf16master", "fp8master", "bf16masterlong", "bf16mastercudnn", "fp8mastercudnn", "bf16mastergemm",
-            "fp8mastercdt", "fp8masterpw", *(f"fp8master{name}" for name in ("nd", "bp", "td", "nocoal", "ndtr"))}  # the first run of these is profiled
+            "fp8mastercdt", "fp8masterpw", "fp8masterfast", *(f"fp8master{name}" for name in ("nd", "bp", "td", "nocoal", "ndtr"))}  # the first run of these is profiled
 
 
 # Inductor settings of a variant, through its environment: the program's code is unchanged

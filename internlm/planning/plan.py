@@ -216,7 +216,8 @@ def compile_plan(cfg: RootConfig, facts: Facts, strategy, scheduler=None, trains
     layout = strategy.layout(world_size)
     check_model(cfg.model)
     strategy.check_model(cfg.model, layout)  # e.g. heads divisible by the tensor-parallel size
-    check_matmul(cfg.model.kernels.matmul, facts.capability if accelerator == "cuda" else None, layout.tensor)
+    kernels = cfg.model.kernels
+    check_matmul(kernels.matmul, facts.capability if accelerator == "cuda" else None, layout.tensor, kernels.fp8_fast_accum)
     check_tokenizer_fits(facts.tokenizer_vocab, cfg.model)
     available = facts.attention.get(accelerator, {})
     backend = attention_backends.choose(cfg.model.attention.backend, accelerator, available)

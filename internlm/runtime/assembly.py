@@ -55,8 +55,8 @@ def model_loss(loss, plan: Plan):
 
 def assemble_model(fabric, config: RootConfig, plan: Plan, strategy, loss, adapter=None) -> nn.Module:
     """Steps 1-4 here, 5-9 in `parallelize` (sharding strategies) or `wrap_blocks` (the others)."""
-    matmul = config.model.kernels.matmul  # refused before anything is built where fp8 cannot run
-    float8.check_matmul(matmul, float8.device_capability(fabric.device), plan.layout.tensor)
+    matmul, fast_accum = config.model.kernels.matmul, config.model.kernels.fp8_fast_accum  # refused before anything is built
+    float8.check_matmul(matmul, float8.device_capability(fabric.device), plan.layout.tensor, fast_accum)
     torch.manual_seed(config.trainer.seed)  # identical init on every rank
     on_meta = strategy.init_on_meta(plan.parameters) and not config.model.init_from
     with fabric.init_module(empty_init=on_meta):
@@ -68,7 +68,7 @@ def assemble_model(fabric, config: RootConfig, plan: Plan, strategy, loss, adapt
     if adapter is not None:
         adapter.apply(model)  # 4
     sharded = strategy.sharding_options(plan.precision) is not None and plan.layout.shard > 1
-    float8.convert_to_float8(model, matmul, fp8_all_gather=sharded)  # 4b: before FSDP wraps the weights
+    float8.convert_to_float8(model, matmul, fp8_all_gather=sharded, fast_accum=fast_accum)  # 4b: before FSDP wraps the weights
     if fabric.is_global_zero:
         log.info("attention kernel %s; kernels %s; compile %s", plan.attention_backend, kernels.names, use_compile(config, plan))
     if strategy.sharding_options(plan.precision) is None:

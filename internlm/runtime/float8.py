@@ -10,6 +10,10 @@
   optimizer step (`register_scale_precompute`).
 * fp8_rowwise: one scale per row of each operand (finer, more robust to outliers, slower).
 
+`model.kernels.fp8_fast_accum` picks which of a layer's three fp8 gemms accumulate in the tensor
+cores' own precision: `forward` (torchao's default: the output gemm), `all` (the input- and
+weight-gradient gemms too: faster, with the loss parity shown in bench/RESULTS.md) or `none`.
+
 The embedding and the LM head stay bf16: the head's logits feed the loss directly and are the
 layer most sensitive to rounding (torchtitan and torchao leave it out too). Parameters, gradients
 and optimizer states keep their dtype; only the matmul inputs are cast to fp8 on the fly (e4m3
@@ -31,7 +35,7 @@ import logging
 import torch
 from torch import nn
 
-from internlm.components.model.matmul_precision import BF16_FIX, MATMULS, WHERE, check_matmul, torchao_unavailable  # noqa: F401
+from internlm.components.model.matmul_precision import BF16_FIX, FAST_ACCUM, MATMULS, WHERE, check_matmul, torchao_unavailable  # noqa: F401
 from internlm.errors import ConfigError
 from internlm.runtime.activation_checkpointing import transformer_blocks
 
@@ -46,14 +50,19 @@ def device_capability(device: torch.device) -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(device)
 
 
-def float8_config(matmul: str, *, fp8_all_gather: bool = False, emulate: bool = False):
+def float8_config(matmul: str, *, fp8_all_gather: bool = False, emulate: bool = False, fast_accum: str = "forward"):
     """torchao's Float8LinearConfig for a choice. `fp8_all_gather` (FSDP2 sharding) applies to
     tensorwise scaling only, the one torchao can gather in fp8. `emulate` runs the fp8 casts with
-    high-precision matmuls (any device, eager only): for tests, never for speed."""
+    high-precision matmuls (any device, eager only): for tests, never for speed. `fast_accum`:
+    FAST_ACCUM's choice of the gemms that use the tensor cores' accumulator unpromoted."""
     from torchao.float8 import Float8LinearConfig
+    from torchao.float8.config import Float8GemmConfig
 
     config = Float8LinearConfig.from_recipe_name(RECIPES[matmul])
     changes = {}
+    if fast_accum != "forward":
+        changes["gemm_config_output"] = Float8GemmConfig(use_fast_accum=fast_accum == "all")
+        changes["gemm_config_grad_input"] = changes["gemm_config_grad_weight"] = Float8GemmConfig(use_fast_accum=fast_accum == "all")
     if fp8_all_gather and matmul == "fp8_tensorwise":
         changes["enable_fsdp_float8_all_gather"] = True
     if emulate:
@@ -72,6 +81,7 @@ def convert_to_float8(
     *,
     fp8_all_gather: bool = False,
     emulate: bool = False,
+    fast_accum: str = "forward",
 ) -> list[str]:
     """Swap the blocks' nn.Linear layers for torchao's Float8Linear in place (same parameters,
     same names, so checkpoints are unchanged). Returns the converted modules' names; `bf16`
@@ -88,7 +98,7 @@ def convert_to_float8(
         import torch._inductor.config as inductor_config
 
         inductor_config.emulate_precision_casts = True
-    config = float8_config(matmul, fp8_all_gather=fp8_all_gather, emulate=emulate)
+    config = float8_config(matmul, fp8_all_gather=fp8_all_gather, emulate=emulate, fast_accum=fast_accum)
     block_names = {id(module): name for name, module in model.named_modules()}
     adapted = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and type(m) is not nn.Linear]
     if adapted:  # torchao's swap keeps only weight and bias: an adapter's extra weights would be lost

@@ -120,6 +120,32 @@ def test_fp8_all_gather_only_for_tensorwise():
 
 
 @needs_torchao
+@pytest.mark.parametrize("fast_accum, output, grad_input, grad_weight", [
+    ("forward", True, False, False),  # torchao's own default, unchanged
+    ("all", True, True, True),
+    ("none", False, False, False),
+])
+def test_fast_accum_choice_reaches_each_gemm(fast_accum, output, grad_input, grad_weight):
+    from torchao.float8 import Float8LinearConfig
+
+    for matmul in ("fp8_tensorwise", "fp8_rowwise"):
+        config = float8.float8_config(matmul, fast_accum=fast_accum)
+        got = (config.gemm_config_output.use_fast_accum, config.gemm_config_grad_input.use_fast_accum, config.gemm_config_grad_weight.use_fast_accum)
+        assert got == (output, grad_input, grad_weight), matmul
+    assert float8.float8_config("fp8_tensorwise") == Float8LinearConfig.from_recipe_name("tensorwise")  # the default is torchao's recipe
+    model = small_model()
+    float8.convert_to_float8(model, "fp8_tensorwise", emulate=True, fast_accum=fast_accum)
+    assert {m.config.gemm_config_grad_weight.use_fast_accum for m in float8.float8_layers(model)} == {grad_weight}
+
+
+def test_unknown_fast_accum_choice_is_refused_with_the_key():
+    with pytest.raises(ConfigError) as info:
+        float8.check_matmul("bf16", None, fast_accum="backward")
+    assert "unknown fp8 fast-accumulation choice 'backward'" in str(info.value)
+    assert info.value.where == "model.kernels.fp8_fast_accum" and "forward, all, none" in info.value.fix
+
+
+@needs_torchao
 def test_register_scale_precompute_only_with_fp8_all_gather():
     model = small_model()
     float8.convert_to_float8(model, "fp8_tensorwise", emulate=True)

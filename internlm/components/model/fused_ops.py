@@ -35,6 +35,7 @@ class KernelsConfig:
     swiglu: str = "auto"  # auto | torch | liger: silu(gate) * up
     rotary: str = "auto"  # auto | torch | liger: rotary embedding of q and k
     matmul: str = "bf16"  # bf16 | fp8_tensorwise | fp8_rowwise: the blocks' linear layers (internlm/runtime/float8.py)
+    fp8_fast_accum: str = "forward"  # forward | all | none: the fp8 gemms that skip fp32 promotion (faster, less exact)
 
 
 # Measured fastest per op on CUDA (bench/RESULTS.md); `auto` on other devices is always torch.

@@ -14,6 +14,11 @@ MATMULS = ("bf16", "fp8_tensorwise", "fp8_rowwise")
 MIN_CAPABILITY = (8, 9)  # fp8 tensor cores: Ada (8.9) and Hopper (9.0) onwards
 WHERE = "model.kernels.matmul"
 BF16_FIX = f"use {WHERE}=bf16"
+# Which fp8 gemms accumulate in the tensor cores' own precision (`use_fast_accum`), never promoted to
+# fp32 inside the K loop: faster, less exact. `forward` is torchao's default (the output gemm only);
+# `all` adds the backward's input- and weight-gradient gemms (bench/fp8_fast_accum.py, RESULTS.md).
+FAST_ACCUM = ("forward", "all", "none")
+FAST_ACCUM_WHERE = "model.kernels.fp8_fast_accum"
 
 
 def torchao_unavailable() -> str | None:
@@ -23,11 +28,15 @@ def torchao_unavailable() -> str | None:
     return None
 
 
-def check_matmul(matmul: str, capability: tuple[int, int] | None, tensor_parallel: int = 1) -> None:
+def check_matmul(matmul: str, capability: tuple[int, int] | None, tensor_parallel: int = 1, fast_accum: str = "forward") -> None:
     """Refuse an unknown choice, or fp8 where it cannot run, before anything heavy is built.
 
     `capability` is the CUDA compute capability of the device that will train (None: no CUDA
     device, e.g. CPU training)."""
+    if fast_accum not in FAST_ACCUM:
+        raise ConfigError(
+            f"unknown fp8 fast-accumulation choice '{fast_accum}'", where=FAST_ACCUM_WHERE, fix=f"choose one of: {', '.join(FAST_ACCUM)}"
+        )
     if matmul not in MATMULS:
         raise ConfigError(f"unknown matmul precision '{matmul}'", where=WHERE, fix=f"choose one of: {', '.join(MATMULS)}")
     if matmul == "bf16":
