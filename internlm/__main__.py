@@ -7,6 +7,7 @@ importing the training stack.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -16,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from internlm.config import store_root_schema
-from internlm.errors import ConfigError
+from internlm.errors import ConfigError, LostPeerError
 from internlm.paths import conf_dir
 
 store_root_schema()
@@ -62,6 +63,11 @@ def hydra_entry(cfg: DictConfig) -> None:
             shutil.rmtree(run_dir, ignore_errors=True)
             remove_empty_parents(run_dir)
         print(exc.render(), file=sys.stderr)
+        if isinstance(exc, LostPeerError):  # skip a teardown that can abort (exit -6) on the lost peer's threads
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         sys.exit(2)
 
 

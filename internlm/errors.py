@@ -25,6 +25,12 @@ class ConfigError(Exception):
         return "\n".join(lines)
 
 
+class LostPeerError(ConfigError):
+    """Another rank of the run died or froze, so this one cannot go on. Its process group cannot be
+    torn down cleanly (gloo's and NCCL's threads may still wait on the lost peer and abort the
+    interpreter's exit), so the CLI ends the process right after the message."""
+
+
 def suggest(word: str, choices: Iterable[str]) -> str:
     """' (did you mean 'lr'?)' when a close match exists, else ''."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -19,7 +19,7 @@ from internlm import paths, registry
 from internlm.components.model import attention_backends
 from internlm.components.tokenizer.chat_template import has_chat_markers
 from internlm.config import RootConfig
-from internlm.errors import ConfigError
+from internlm.errors import LostPeerError
 from internlm.launch.slurm_layout import check_slurm_layout
 from internlm.planning import Facts, compile_plan, to_typed, write_plan
 from internlm.runtime.checkpoint import RunFolderLock, complete_checkpoints, is_launch_rank_zero
@@ -55,14 +55,14 @@ def device_memory_gib(cuda: bool) -> dict[str, float]:
     return memory
 
 
-def lost_peer_error(exc: RuntimeError, run_dir: Path) -> ConfigError:
+def lost_peer_error(exc: RuntimeError, run_dir: Path) -> LostPeerError:
     """One message for a surviving rank: what happened, and how to continue from the checkpoints."""
     import torch.distributed as dist
 
     found = complete_checkpoints(run_dir)
     newest = f"it continues from {found[-1]}" if found else "no checkpoint was written yet: it starts over"
     cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ConfigError(
+    return LostPeerError(
         f"another process of this run stopped or stopped answering (killed, crashed, frozen, or its machine lost: "
         f"collectives wait trainer.collective_timeout_s for it), so rank {dist.get_rank()} "
         f"of {dist.get_world_size()} cannot go on ({cause})",
