@@ -11,6 +11,7 @@ records whole iterations: from the start of step `--start` to the start of step 
     python bench/profile_program.py --tag bf16 --out /tmp/prof -- model=internlm_7b model.num_layers=16 \\
         data.seq_len=4096 data.global_batch_size=4 loss=chunked trainer.max_steps=14 ...
     python bench/profile_program.py --tag cpu --start 2 --steps 1 --out /tmp/prof -- trainer.max_steps=4  # CPU smoke test
+    python bench/profile_program.py --tag fp8 --trace --shapes --out /tmp/prof -- ...   # for bench/fp8_gemm_replay.py
     python bench/profile_program.py --tag nd --inductor triton.prefer_nd_tiling=True --gaps --out /tmp/prof -- ...
 
 --inductor KEY=VALUE (repeatable) sets torch._inductor.config.KEY before anything compiles (a
@@ -198,6 +199,7 @@ def main(argv=None) -> int:
     p.add_argument("--start", type=int, default=10, help="first profiled step (1-based calls of train_step)")
     p.add_argument("--steps", type=int, default=2, help="iterations recorded")
     p.add_argument("--trace", action="store_true", help="also write the Chrome trace (gzipped)")
+    p.add_argument("--shapes", action="store_true", help="record each op's input sizes and strides (bench/fp8_gemm_replay.py reads them)")
     p.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE", help="a torch._inductor.config setting")
     p.add_argument("--gaps", action="store_true", help="time the GPU's waits at step boundaries (CUDA only)")
     args = p.parse_args(argv[:cut])
@@ -239,7 +241,7 @@ def main(argv=None) -> int:
         if state["calls"] == args.start:
             activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
             sync()
-            state["prof"] = torch.profiler.profile(activities=activities)
+            state["prof"] = torch.profiler.profile(activities=activities, record_shapes=args.shapes)
             state["prof"].__enter__()
             state["t0"] = time.perf_counter()
         if gaps is None:

@@ -78,6 +78,7 @@ VARIANTS["fp8masterpw"] = VARIANTS["fp8master"]  # + VARIANT_ENV: more tilings t
 # inductor's code generation for the fp8 casts (they write a transposed fp8 copy too): VARIANT_INDUCTOR
 for _name in ("nd", "bp", "td", "nocoal", "ndtr"):
     VARIANTS[f"fp8master{_name}"] = VARIANTS["fp8master"]
+SHAPES = {"on": False}  # set by --shapes: the traces record input sizes and strides (bench/fp8_gemm_replay.py)
 BEFORE = {"dir": None}  # set by --before: a folder holding `internlm/` and `conf/` of the earlier commit
 PROFILE_START, PROFILE_STEPS, STEPS = 11, 2, 14  # steps 11-13 are left out of the throughput (13 ends the profiler)
 TIMED = [  # (kind, tag, what) in order; "repeat" rows run only while the budget lasts
@@ -131,7 +132,7 @@ def program_cmd(tag: str, layers: int, steps: int, out: str, cpu: bool, profile:
         return [sys.executable, "-m", "internlm"] + overrides
     start = (2 if cpu else PROFILE_START) if profile else 10**6  # never reached: the knobs without the profiler
     head = [sys.executable, os.path.join(HERE, "profile_program.py"), "--out", out, "--tag", tag, "--start", str(start),
-            "--steps", "1" if cpu else str(PROFILE_STEPS)] + (["--trace"] if trace else []) + inductor
+            "--steps", "1" if cpu else str(PROFILE_STEPS)] + (["--trace"] if trace else []) + (["--shapes"] if trace and SHAPES["on"] else []) + inductor
     return head + (["--gaps"] if profile and not cpu else []) + ["--"] + overrides
 
 
@@ -268,8 +269,10 @@ def main() -> int:
     p.add_argument("--cpu", action="store_true", help="smoke test: the tiny default model on the CPU, no peer")
     p.add_argument("--only", default=None, help="comma-separated tags of the timed rows to run, in that order (e.g. peer-bf16,peer-fp8,bf16-2)")
     p.add_argument("--before", default=None, help="folder with the earlier commit's internlm/ and conf/ (git archive REV internlm conf | tar -x -C DIR)")
+    p.add_argument("--shapes", action="store_true", help="the profiled runs' traces record each op's input sizes and strides")
     args = p.parse_args()
     BEFORE["dir"] = args.before
+    SHAPES["on"] = args.shapes
     os.makedirs(args.out, exist_ok=True)
     deadline = time.time() + args.budget
     global TIMED
