@@ -23,6 +23,7 @@ import statistics
 from collections import defaultdict
 
 SCALED_MM = "aten::_scaled_mm"
+GEMMS = (SCALED_MM, "aten::mm")  # the bf16 head's and any unconverted linear's gemms are plain mm
 DTYPES = {"c10::Float8_e4m3fn": "float8_e4m3fn", "c10::Float8_e5m2": "float8_e5m2", "c10::BFloat16": "bfloat16", "float": "float32"}
 
 
@@ -47,10 +48,10 @@ def scaled_mm_calls(events: list[dict]) -> list[dict]:
         ops.sort(key=lambda e: e["ts"])
         starts = [e["ts"] for e in ops]
         for op in ops:
-            if op["name"] != SCALED_MM:
+            if op["name"] not in GEMMS:
                 continue
             args = op.get("args", {})
-            call = {"ts": op["ts"], "end": op["ts"] + op["dur"], "tid": op["tid"], "dims": args.get("Input Dims", []), "strides": args.get("Input Strides", []),
+            call = {"op": op["name"], "ts": op["ts"], "end": op["ts"] + op["dur"], "tid": op["tid"], "dims": args.get("Input Dims", []), "strides": args.get("Input Strides", []),
                     "types": args.get("Input type", []), "concrete": args.get("Concrete Inputs", []), "kernels": []}
             calls.append(call)
             end = op["ts"] + op["dur"]
@@ -81,8 +82,8 @@ def scaled_mm_calls(events: list[dict]) -> list[dict]:
 
 def signature(call: dict) -> tuple:
     """Sizes, strides and dtypes of a, b, the scales' sizes, and use_fast_accum."""
-    fast = str(call["concrete"][7]) if len(call["concrete"]) > 7 else "?"
-    return (tuple(map(tuple, call["dims"][:2])), tuple(map(tuple, call["strides"][:2])), tuple(call["types"][:2]),
+    fast = str(call["concrete"][7]) if call["op"] == SCALED_MM and len(call["concrete"]) > 7 else "-"
+    return (call["op"], tuple(map(tuple, call["dims"][:2])), tuple(map(tuple, call["strides"][:2])), tuple(call["types"][:2]),
             tuple(map(tuple, call["dims"][2:4])), fast)
 
 
@@ -91,12 +92,12 @@ def summarize(calls: list[dict], iterations: int) -> list[dict]:
     for call in calls:
         groups[signature(call)].append(call)
     rows = []
-    for (dims, strides, types, scale_dims, fast), members in groups.items():
+    for (op, dims, strides, types, scale_dims, fast), members in groups.items():
         kernel_us = [sum(d for _, d in c["kernels"]) for c in members if c["kernels"]]
         names = sorted({n for c in members for n, _ in c["kernels"]})
         (m, k), (_, n) = dims
         rows.append({
-            "m_k_n": [m, k, n], "a_strides": list(strides[0]), "b_strides": list(strides[1]),
+            "op": op, "m_k_n": [m, k, n], "a_strides": list(strides[0]), "b_strides": list(strides[1]),
             "a_dtype": DTYPES.get(types[0], types[0]), "b_dtype": DTYPES.get(types[1], types[1]),
             "scale_dims": [list(d) for d in scale_dims], "use_fast_accum": fast,
             "calls_per_iteration": len(members) / iterations,
@@ -112,7 +113,7 @@ def operand(torch, dims, strides, dtype):
     import math
 
     t = torch.empty_strided(dims, strides, dtype=getattr(torch, dtype), device="cuda")
-    top = torch.finfo(t.dtype).max if t.dtype.is_floating_point and t.dtype.itemsize == 1 else 1.0
+    top = torch.finfo(t.dtype).max if t.dtype.itemsize == 1 else 1.0  # fp8: the cast's full range
     values = torch.randn(dims, device="cuda") * (top / 4.5)  # amax of ~16M normals is ~5.5 sigma
     t.copy_(values.clamp(-top, top).to(t.dtype))
     assert t.stride() == tuple(strides) or math.prod(dims) == 0
@@ -130,6 +131,8 @@ def replay(rows: list[dict], repeat: int) -> None:
         fast = row["use_fast_accum"] == "True"
 
         def call():
+            if row["op"] != SCALED_MM:
+                return torch.mm(a, b)
             return torch._scaled_mm(a, b, scale_a=scales[0], scale_b=scales[1], out_dtype=torch.bfloat16, use_fast_accum=fast)
 
         for _ in range(10):
@@ -152,7 +155,7 @@ def replay(rows: list[dict], repeat: int) -> None:
 def print_table(rows: list[dict]) -> None:
     print(f"{'m x k x n':22s} {'a strides':16s} {'b strides':16s} {'a/b':10s} fast  calls  {'program us':>10s} {'alone us':>9s}  kernel (program | alone)")
     for r in rows:
-        dt = f"{r['a_dtype'][7:]}/{r['b_dtype'][7:]}"
+        dt = f"{r['a_dtype'].replace('float8_', '')}/{r['b_dtype'].replace('float8_', '')}"
         kernels = " ".join(k[:60] for k in r["program_kernels"])
         alone = " ".join(k[:60] for k in r.get("alone_kernels", []))
         print(f"{'x'.join(map(str, r['m_k_n'])):22s} {str(r['a_strides']):16s} {str(r['b_strides']):16s} {dt:10s} "
@@ -176,7 +179,7 @@ def main() -> int:
     args = p.parse_args()
     calls = scaled_mm_calls(load_trace(args.trace))
     if not calls:
-        raise SystemExit(f"{args.trace}: no {SCALED_MM} calls with shapes; record it with profile_program.py --trace --shapes")
+        raise SystemExit(f"{args.trace}: no {' or '.join(GEMMS)} calls with shapes; record it with profile_program.py --trace --shapes")
     rows = summarize(calls, args.iterations)
     if not args.no_replay:
         replay(rows, args.repeat)
