@@ -55,6 +55,11 @@ class Workload:
     units: int = 34  # FSDP2 units: embedding, 32 blocks, root (norm + head)
     gather_bytes: int = 2  # bf16 weights gathered (MixedPrecisionPolicy param_dtype)
     reduce_bytes: int = 4  # fp32 gradient reduction (reduce_dtype)
+    # The replicas' exchange in another format (a what-if, nothing built): bytes per gradient element
+    # sent in each of two ring phases (all-to-all of quantized shards, local sum, all-gather of the
+    # quantized sum), e.g. 1 + 4/256 for fp8 with one fp32 scale per 256 values. None = an
+    # all-reduce at reduce_bytes.
+    replica_bytes: float | None = None
     tokens_per_gpu_step: int = 8192  # per optimizer step, all micro batches (weak scaling: fixed per GPU)
     micro_batches: int = 1
     tokens_per_s_1gpu: float = 11_000.0  # compute-only throughput of one GPU on the full 7B
@@ -114,7 +119,12 @@ def step_communication(layout: Layout, gpus: int, work: Workload, net: Network) 
     collective(cost, "gather", shard, in_node, grads * work.micro_batches, work.units * work.micro_batches, 1, net)
     # the replica group: ranks `shard` apart, each all-reducing its gradient shard, once per step
     replicas_in_node = max(1, node // shard) if replicas > 1 else 1
-    collective(cost, "all_reduce", replicas, min(replicas_in_node, replicas), grads / shard, work.units, in_node, net)
+    if work.replica_bytes is None:
+        collective(cost, "all_reduce", replicas, min(replicas_in_node, replicas), grads / shard, work.units, in_node, net)
+        return cost
+    quantized = work.parameters * work.replica_bytes / shard
+    for _ in ("all-to-all", "all-gather"):  # each: every rank sends (n-1)/n of its shard, ring latency
+        collective(cost, "gather", replicas, min(replicas_in_node, replicas), quantized, work.units, in_node, net)
     return cost
 
 
