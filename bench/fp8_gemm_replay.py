@@ -20,6 +20,7 @@ import bisect
 import gzip
 import json
 import statistics
+import time
 from collections import defaultdict
 
 SCALED_MM = "aten::_scaled_mm"
@@ -108,64 +109,127 @@ def summarize(calls: list[dict], iterations: int) -> list[dict]:
     return sorted(rows, key=lambda r: -(r["program_us"] or 0) * r["calls_per_iteration"])
 
 
-def operand(torch, dims, strides, dtype):
-    """A tensor of exactly these sizes and strides holding fp8 values spread like a tensorwise cast's."""
-    import math
-
-    t = torch.empty_strided(dims, strides, dtype=getattr(torch, dtype), device="cuda")
+def operand(torch, dims, strides, dtype, device):
+    """A tensor of exactly these sizes and strides holding values spread like a tensorwise cast's."""
+    t = torch.empty_strided(dims, strides, dtype=getattr(torch, dtype), device=device)
     top = torch.finfo(t.dtype).max if t.dtype.itemsize == 1 else 1.0  # fp8: the cast's full range
-    values = torch.randn(dims, device="cuda") * (top / 4.5)  # amax of ~16M normals is ~5.5 sigma
+    values = torch.randn(dims, device=device) * (top / 4.5)  # amax of ~16M normals is ~5.5 sigma
     t.copy_(values.clamp(-top, top).to(t.dtype))
-    assert t.stride() == tuple(strides) or math.prod(dims) == 0
+    assert t.stride() == tuple(strides) or t.numel() == 0
     return t
 
 
-def replay(rows: list[dict], repeat: int) -> None:
+def canonical_strides(m: int, k: int, n: int) -> tuple[list[int], list[int]]:
+    """The layouts cuBLAS's fp8 gemm takes without a copy: a row-major, b column-major."""
+    return [k, 1], [1, k]
+
+
+def make_call(torch, row: dict, device, strides: tuple[list[int], list[int]] | None = None):
+    """The row's gemm as a closure over fresh operands (the row's own strides unless given)."""
+    m, k, n = row["m_k_n"]
+    a_strides, b_strides = strides or (row["a_strides"], row["b_strides"])
+    a = operand(torch, [m, k], a_strides, row["a_dtype"], device)
+    b = operand(torch, [k, n], b_strides, row["b_dtype"], device)
+    if row["op"] != SCALED_MM:
+        return lambda: torch.mm(a, b)
+    scale_a, scale_b = (torch.full(d, 1e-2, device=device, dtype=torch.float32) for d in row["scale_dims"])
+    fast = row["use_fast_accum"] == "True"
+    return lambda: torch._scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, out_dtype=torch.bfloat16, use_fast_accum=fast)
+
+
+def seconds(torch, device, fn, repeat: int) -> float:
+    """Mean seconds of fn() run back to back (CUDA events on a GPU: no host time counted)."""
+    for _ in range(min(10, repeat)):
+        fn()
+    if device.type != "cuda":
+        start = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        return (time.perf_counter() - start) / repeat
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeat):
+        fn()
+    stop.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(stop) / 1e3 / repeat
+
+
+def kernel_names(torch, fn) -> list[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sorted({e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA})
+
+
+def replay(rows: list[dict], repeat: int, device: str = "cuda") -> dict[tuple, object]:
+    """Each row's gemm alone, back to back: with the program's strides, and (where those differ)
+    with the canonical ones. Returns the calls by signature, for `replay_sequence`."""
     import torch
 
+    device = torch.device(device)
+    calls = {}
     for row in rows:
         m, k, n = row["m_k_n"]
-        a = operand(torch, [m, k], row["a_strides"], row["a_dtype"])
-        b = operand(torch, [k, n], row["b_strides"], row["b_dtype"])
-        scales = [torch.ones(d, device="cuda", dtype=torch.float32) * 1e-2 for d in row["scale_dims"]]
-        fast = row["use_fast_accum"] == "True"
-
-        def call():
-            if row["op"] != SCALED_MM:
-                return torch.mm(a, b)
-            return torch._scaled_mm(a, b, scale_a=scales[0], scale_b=scales[1], out_dtype=torch.bfloat16, use_fast_accum=fast)
-
-        for _ in range(10):
-            call()
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(repeat):
-            call()
-        stop.record()
-        torch.cuda.synchronize()
-        row["alone_back_to_back_us"] = round(start.elapsed_time(stop) * 1e3 / repeat, 1)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            call()
-            torch.cuda.synchronize()
-        row["alone_kernels"] = sorted({e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA})
+        call = calls[row_key(row)] = make_call(torch, row, device)
+        row["alone_us"] = round(seconds(torch, device, call, repeat) * 1e6, 1)
+        canonical = canonical_strides(m, k, n)
+        if row["op"] == SCALED_MM and (row["a_strides"], row["b_strides"]) != canonical:
+            row["canonical_us"] = round(seconds(torch, device, make_call(torch, row, device, canonical), repeat) * 1e6, 1)
+        if device.type == "cuda":
+            row["alone_kernels"] = kernel_names(torch, call)
         row["tflops_program"] = round(2 * m * k * n / row["program_us"] / 1e6) if row["program_us"] else None
-        row["tflops_alone"] = round(2 * m * k * n / row["alone_back_to_back_us"] / 1e6)
+        row["tflops_alone"] = round(2 * m * k * n / row["alone_us"] / 1e6) if row["alone_us"] else None
+    return calls
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"{'m x k x n':22s} {'a strides':16s} {'b strides':16s} {'a/b':10s} fast  calls  {'program us':>10s} {'alone us':>9s}  kernel (program | alone)")
+def replay_sequence(trace_calls: list[dict], iterations: int, calls: dict[tuple, object], device: str = "cuda",
+                    min_seconds: float = 2.0) -> dict:
+    """One iteration's gemms in the program's order, replayed over and over for >= min_seconds, as a
+    sustained load like the program's (clocks and power settle as they do in training)."""
+    import torch
+
+    device = torch.device(device)
+    order = [calls[signature_key(c)] for c in trace_calls[: len(trace_calls) // iterations]]
+
+    def iteration():
+        for call in order:
+            call()
+
+    once = seconds(torch, device, iteration, 1)
+    rounds = max(2, int(min_seconds / max(once, 1e-6)))
+    return {"gemms_per_iteration": len(order), "rounds": rounds,
+            "sequence_ms_per_iteration": round(seconds(torch, device, iteration, rounds) * 1e3, 2)}
+
+
+def row_key(row: dict) -> tuple:
+    return (row["op"], tuple(row["m_k_n"]), tuple(row["a_strides"]), tuple(row["b_strides"]), row["a_dtype"],
+            row["b_dtype"], row["use_fast_accum"])
+
+
+def signature_key(call: dict) -> tuple:
+    """row_key of the row that `summarize` puts this call in."""
+    return row_key(summarize([call], 1)[0])
+
+
+def print_table(rows: list[dict], sequence: dict | None = None) -> None:
+    print(f"{'m x k x n':22s} {'a strides':16s} {'b strides':16s} {'a/b':10s} fast  calls  {'program us':>10s} {'alone us':>9s} {'canon. us':>9s}  kernel (program | alone)")
     for r in rows:
         dt = f"{r['a_dtype'].replace('float8_', '')}/{r['b_dtype'].replace('float8_', '')}"
         kernels = " ".join(k[:60] for k in r["program_kernels"])
         alone = " ".join(k[:60] for k in r.get("alone_kernels", []))
         print(f"{'x'.join(map(str, r['m_k_n'])):22s} {str(r['a_strides']):16s} {str(r['b_strides']):16s} {dt:10s} "
               f"{r['use_fast_accum'][:1]:4s} {r['calls_per_iteration']:5.1f}  {r['program_us'] or 0:10.1f} "
-              f"{r.get('alone_back_to_back_us', 0):9.1f}  {kernels} | {alone}")
+              f"{r.get('alone_us', 0):9.1f} {r.get('canonical_us', r.get('alone_us', 0)):9.1f}  {kernels} | {alone}")
     total_program = sum((r["program_us"] or 0) * r["calls_per_iteration"] for r in rows) / 1e3
     line = f"per iteration: program {total_program:.1f} ms"
-    if rows and "alone_back_to_back_us" in rows[0]:
-        total_alone = sum(r["alone_back_to_back_us"] * r["calls_per_iteration"] for r in rows) / 1e3
-        line += f", the same calls alone {total_alone:.1f} ms"
+    if rows and "alone_us" in rows[0]:
+        total_alone = sum(r["alone_us"] * r["calls_per_iteration"] for r in rows) / 1e3
+        total_canonical = sum(r.get("canonical_us", r["alone_us"]) * r["calls_per_iteration"] for r in rows) / 1e3
+        line += f", the same calls alone {total_alone:.1f} ms (canonical layouts {total_canonical:.1f} ms)"
+    if sequence:
+        line += (f", one iteration's {sequence['gemms_per_iteration']} gemms in order, sustained over "
+                 f"{sequence['rounds']} rounds: {sequence['sequence_ms_per_iteration']:.1f} ms")
     print(line)
 
 
@@ -176,17 +240,20 @@ def main() -> int:
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--repeat", type=int, default=50)
     p.add_argument("--no-replay", action="store_true", help="only read the trace")
+    p.add_argument("--device", default="cuda", help="where to replay (cpu: a smoke test of this script)")
     args = p.parse_args()
     calls = scaled_mm_calls(load_trace(args.trace))
     if not calls:
         raise SystemExit(f"{args.trace}: no {' or '.join(GEMMS)} calls with shapes; record it with profile_program.py --trace --shapes")
     rows = summarize(calls, args.iterations)
+    sequence = None
     if not args.no_replay:
-        replay(rows, args.repeat)
-    print_table(rows)
+        replayed = replay(rows, args.repeat, args.device)
+        sequence = replay_sequence(calls, args.iterations, replayed, args.device)
+    print_table(rows, sequence)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"rows": rows, "sequence": sequence}, f, indent=1)
     return 0
 
 

@@ -46,20 +46,41 @@ def test_calls_are_grouped_by_operand_layout_with_their_kernels_time():
     assert rows[0] is plain  # the largest time per iteration first
 
 
-def test_a_real_profiler_trace_is_read(tmp_path):
-    """torch.profiler's own trace format (CPU here: the op and its operands, no kernels)."""
+def cpu_trace(tmp_path):
+    """torch.profiler's own trace of two iterations of three gemms (CPU: ops and operands, no kernels);
+    the second fp8 gemm's `a` is column-major, which cuBLAS would not take as it is."""
     a = torch.randn(24, 16).to(torch.float8_e4m3fn)
+    a_column_major = a.t().contiguous().t()
     b = torch.randn(8, 16).to(torch.float8_e4m3fn).t()
     one = torch.tensor(1.0)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
-        torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16, use_fast_accum=True)
-        torch.mm(torch.randn(4, 6), torch.randn(6, 5))
+        for _ in range(2):
+            torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16, use_fast_accum=True)
+            torch._scaled_mm(a_column_major, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+            torch.mm(torch.randn(4, 6), torch.randn(6, 5))
     path = tmp_path / "trace.json"
     prof.export_chrome_trace(str(path))
-    rows = replay.summarize(replay.scaled_mm_calls(replay.load_trace(str(path))), iterations=1)
-    got = {r["op"]: r for r in rows}
-    assert got["aten::_scaled_mm"]["m_k_n"] == [24, 16, 8]
-    assert got["aten::_scaled_mm"]["a_strides"] == [16, 1] and got["aten::_scaled_mm"]["b_strides"] == [1, 16]
-    assert got["aten::_scaled_mm"]["use_fast_accum"] == "True"
-    assert got["aten::mm"]["m_k_n"] == [4, 6, 5] and got["aten::mm"]["use_fast_accum"] == "-"
+    return replay.scaled_mm_calls(replay.load_trace(str(path)))
+
+
+def test_a_real_profiler_trace_is_read(tmp_path):
+    rows = replay.summarize(cpu_trace(tmp_path), iterations=2)
+    assert len(rows) == 3 and all(r["calls_per_iteration"] == 1.0 for r in rows)
+    got = {(r["op"], tuple(r["a_strides"])): r for r in rows}
+    fast = got[("aten::_scaled_mm", (16, 1))]
+    assert fast["m_k_n"] == [24, 16, 8] and fast["b_strides"] == [1, 16] and fast["use_fast_accum"] == "True"
+    assert got[("aten::_scaled_mm", (1, 24))]["use_fast_accum"] == "False"
+    assert got[("aten::mm", (6, 1))]["m_k_n"] == [4, 6, 5] and got[("aten::mm", (6, 1))]["use_fast_accum"] == "-"
     json.dumps(rows)  # what --out writes
+
+
+def test_the_replay_times_each_call_and_one_iteration_in_order(tmp_path):
+    calls = cpu_trace(tmp_path)
+    rows = replay.summarize(calls, iterations=2)
+    replayed = replay.replay(rows, repeat=2, device="cpu")
+    assert all(r["alone_us"] > 0 for r in rows)
+    by_layout = {(r["op"], tuple(r["a_strides"])): r for r in rows}
+    assert "canonical_us" not in by_layout[("aten::_scaled_mm", (16, 1))]  # already canonical
+    assert by_layout[("aten::_scaled_mm", (1, 24))]["canonical_us"] > 0  # timed again row-major
+    sequence = replay.replay_sequence(calls, 2, replayed, device="cpu", min_seconds=0.01)
+    assert sequence["gemms_per_iteration"] == 3 and sequence["sequence_ms_per_iteration"] > 0
