@@ -34,16 +34,16 @@ def load_trace(path: str) -> list[dict]:
         return json.load(f)["traceEvents"]
 
 
-def scaled_mm_calls(events: list[dict]) -> list[dict]:
-    """Every `_scaled_mm` CPU op with its operands and the device kernels it launched.
+def gemm_calls(events: list[dict]) -> list[dict]:
+    """Every gemm CPU op (GEMMS) with its operands and the device kernels it launched.
 
     A kernel carries the `External id` of the innermost CPU op that launched it; that op is the
-    `_scaled_mm` itself or one nested in it on the same thread, so ops are matched by containment."""
+    gemm itself or one nested in it on the same thread, so ops are matched by containment."""
     ops_by_thread: dict = defaultdict(list)
     for e in events:
         if e.get("cat") == "cpu_op" and e.get("ph") == "X":
             ops_by_thread[e["tid"]].append(e)
-    owner = {}  # External id of any op inside a _scaled_mm -> that call
+    owner = {}  # External id of any op inside a gemm -> that call
     calls = []
     for ops in ops_by_thread.values():
         ops.sort(key=lambda e: e["ts"])
@@ -52,12 +52,12 @@ def scaled_mm_calls(events: list[dict]) -> list[dict]:
             if op["name"] not in GEMMS:
                 continue
             args = op.get("args", {})
-            call = {"op": op["name"], "ts": op["ts"], "end": op["ts"] + op["dur"], "tid": op["tid"], "dims": args.get("Input Dims", []), "strides": args.get("Input Strides", []),
+            call = {"op": op["name"], "ts": op["ts"], "end": op["ts"] + op["dur"], "tid": op["tid"],
+                    "dims": args.get("Input Dims", []), "strides": args.get("Input Strides", []),
                     "types": args.get("Input type", []), "concrete": args.get("Concrete Inputs", []), "kernels": []}
             calls.append(call)
-            end = op["ts"] + op["dur"]
-            for inner in ops[bisect.bisect_left(starts, op["ts"]): bisect.bisect_right(starts, end)]:
-                if inner["ts"] + inner.get("dur", 0) <= end and "External id" in inner.get("args", {}):
+            for inner in ops[bisect.bisect_left(starts, call["ts"]): bisect.bisect_right(starts, call["end"])]:
+                if inner["ts"] + inner.get("dur", 0) <= call["end"] and "External id" in inner.get("args", {}):
                     owner[inner["args"]["External id"]] = call
     # a kernel without that id is found through its launch (same correlation), inside the op's span
     launches = {e["args"]["correlation"]: e for e in events if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}
@@ -81,30 +81,37 @@ def scaled_mm_calls(events: list[dict]) -> list[dict]:
     return sorted(calls, key=lambda c: c["ts"])
 
 
-def signature(call: dict) -> tuple:
-    """Sizes, strides and dtypes of a, b, the scales' sizes, and use_fast_accum."""
-    fast = str(call["concrete"][7]) if call["op"] == SCALED_MM and len(call["concrete"]) > 7 else "-"
-    return (call["op"], tuple(map(tuple, call["dims"][:2])), tuple(map(tuple, call["strides"][:2])), tuple(call["types"][:2]),
-            tuple(map(tuple, call["dims"][2:4])), fast)
+def describe(call: dict) -> dict:
+    """What identifies a call's gemm: op, sizes, strides and dtypes of a and b, the scales' sizes,
+    and use_fast_accum ("-" for a plain mm)."""
+    (m, k), (_, n) = call["dims"][:2]
+    types = call["types"]
+    return {
+        "op": call["op"], "m_k_n": [m, k, n], "a_strides": list(call["strides"][0]), "b_strides": list(call["strides"][1]),
+        "a_dtype": DTYPES.get(types[0], types[0]), "b_dtype": DTYPES.get(types[1], types[1]),
+        "scale_dims": [list(d) for d in call["dims"][2:4]],
+        "use_fast_accum": str(call["concrete"][7]) if call["op"] == SCALED_MM and len(call["concrete"]) > 7 else "-",
+    }
+
+
+def row_key(row: dict) -> tuple:
+    """describe()'s fields of a row (or of a call's description), hashable."""
+    return tuple((name, json.dumps(row[name])) for name in ("op", "m_k_n", "a_strides", "b_strides", "a_dtype", "b_dtype",
+                                                            "scale_dims", "use_fast_accum"))
 
 
 def summarize(calls: list[dict], iterations: int) -> list[dict]:
     groups: dict = defaultdict(list)
     for call in calls:
-        groups[signature(call)].append(call)
+        groups[row_key(describe(call))].append(call)
     rows = []
-    for (op, dims, strides, types, scale_dims, fast), members in groups.items():
+    for members in groups.values():
         kernel_us = [sum(d for _, d in c["kernels"]) for c in members if c["kernels"]]
-        names = sorted({n for c in members for n, _ in c["kernels"]})
-        (m, k), (_, n) = dims
-        rows.append({
-            "op": op, "m_k_n": [m, k, n], "a_strides": list(strides[0]), "b_strides": list(strides[1]),
-            "a_dtype": DTYPES.get(types[0], types[0]), "b_dtype": DTYPES.get(types[1], types[1]),
-            "scale_dims": [list(d) for d in scale_dims], "use_fast_accum": fast,
+        rows.append(describe(members[0]) | {
             "calls_per_iteration": len(members) / iterations,
             "program_us": round(statistics.mean(kernel_us), 1) if kernel_us else None,
             "program_us_min_max": [round(min(kernel_us), 1), round(max(kernel_us), 1)] if kernel_us else None,
-            "program_kernels": names,
+            "program_kernels": sorted({n for c in members for n, _ in c["kernels"]}),
         })
     return sorted(rows, key=lambda r: -(r["program_us"] or 0) * r["calls_per_iteration"])
 
@@ -164,7 +171,7 @@ def kernel_names(torch, fn) -> list[str]:
 
 def replay(rows: list[dict], repeat: int, device: str = "cuda") -> dict[tuple, object]:
     """Each row's gemm alone, back to back: with the program's strides, and (where those differ)
-    with the canonical ones. Returns the calls by signature, for `replay_sequence`."""
+    with the canonical ones. Returns the calls by row_key, for `replay_sequence`."""
     import torch
 
     device = torch.device(device)
@@ -190,7 +197,7 @@ def replay_sequence(trace_calls: list[dict], iterations: int, calls: dict[tuple,
     import torch
 
     device = torch.device(device)
-    order = [calls[signature_key(c)] for c in trace_calls[: len(trace_calls) // iterations]]
+    order = [calls[row_key(describe(c))] for c in trace_calls[: len(trace_calls) // iterations]]
 
     def iteration():
         for call in order:
@@ -200,16 +207,6 @@ def replay_sequence(trace_calls: list[dict], iterations: int, calls: dict[tuple,
     rounds = max(2, int(min_seconds / max(once, 1e-6)))
     return {"gemms_per_iteration": len(order), "rounds": rounds,
             "sequence_ms_per_iteration": round(seconds(torch, device, iteration, rounds) * 1e3, 2)}
-
-
-def row_key(row: dict) -> tuple:
-    return (row["op"], tuple(row["m_k_n"]), tuple(row["a_strides"]), tuple(row["b_strides"]), row["a_dtype"],
-            row["b_dtype"], row["use_fast_accum"])
-
-
-def signature_key(call: dict) -> tuple:
-    """row_key of the row that `summarize` puts this call in."""
-    return row_key(summarize([call], 1)[0])
 
 
 def print_table(rows: list[dict], sequence: dict | None = None) -> None:
@@ -242,7 +239,7 @@ def main() -> int:
     p.add_argument("--no-replay", action="store_true", help="only read the trace")
     p.add_argument("--device", default="cuda", help="where to replay (cpu: a smoke test of this script)")
     args = p.parse_args()
-    calls = scaled_mm_calls(load_trace(args.trace))
+    calls = gemm_calls(load_trace(args.trace))
     if not calls:
         raise SystemExit(f"{args.trace}: no {' or '.join(GEMMS)} calls with shapes; record it with profile_program.py --trace --shapes")
     rows = summarize(calls, args.iterations)

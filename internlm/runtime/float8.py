@@ -60,9 +60,9 @@ def float8_config(matmul: str, *, fp8_all_gather: bool = False, emulate: bool = 
 
     config = Float8LinearConfig.from_recipe_name(RECIPES[matmul])
     changes = {}
-    if fast_accum != "forward":
-        changes["gemm_config_output"] = Float8GemmConfig(use_fast_accum=fast_accum == "all")
-        changes["gemm_config_grad_input"] = changes["gemm_config_grad_weight"] = Float8GemmConfig(use_fast_accum=fast_accum == "all")
+    if fast_accum != "forward":  # all three gemms alike: unpromoted (`all`) or promoted (`none`)
+        gemm = Float8GemmConfig(use_fast_accum=fast_accum == "all")
+        changes |= dict.fromkeys(("gemm_config_output", "gemm_config_grad_input", "gemm_config_grad_weight"), gemm)
     if fp8_all_gather and matmul == "fp8_tensorwise":
         changes["enable_fsdp_float8_all_gather"] = True
     if emulate:

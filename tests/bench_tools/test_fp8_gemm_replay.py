@@ -35,7 +35,7 @@ def test_calls_are_grouped_by_operand_layout_with_their_kernels_time():
         {"cat": "kernel", "name": "gemm_b", "ts": 50, "dur": 50.0, "args": {"correlation": 14}},
         {"cat": "kernel", "name": "stray", "ts": 90, "dur": 999.0, "args": {"External id": 99, "correlation": 15}},
     ]
-    rows = replay.summarize(replay.scaled_mm_calls(events), iterations=2)
+    rows = replay.summarize(replay.gemm_calls(events), iterations=2)
     by_layout = {(tuple(r["a_strides"]), r["use_fast_accum"]): r for r in rows}
     plain = by_layout[((32, 1), "False")]
     assert plain["calls_per_iteration"] == 1.0 and plain["program_us"] == 200.0
@@ -60,7 +60,7 @@ def cpu_trace(tmp_path):
             torch.mm(torch.randn(4, 6), torch.randn(6, 5))
     path = tmp_path / "trace.json"
     prof.export_chrome_trace(str(path))
-    return replay.scaled_mm_calls(replay.load_trace(str(path)))
+    return replay.gemm_calls(replay.load_trace(str(path)))
 
 
 def test_a_real_profiler_trace_is_read(tmp_path):

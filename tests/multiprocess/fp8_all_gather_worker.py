@@ -19,25 +19,15 @@ WORLD = 2
 STEPS = 3
 
 
-def small_model():
-    from internlm.components.model.attention import AttentionConfig
-    from internlm.components.model.mlp import MLPConfig
-    from internlm.components.model.transformer import Transformer, TransformerConfig
-
-    torch.manual_seed(0)
-    config = TransformerConfig(vocab_size=256, hidden_size=64, num_layers=2, attention=AttentionConfig(num_heads=4),
-                               mlp=MLPConfig(intermediate_size=128))
-    return Transformer(config)
-
-
 def worker(rank: int, out: str, port: int, fp8_gather: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     from torch.distributed.device_mesh import init_device_mesh
 
     from internlm.runtime import float8, parallelize
+    from tests.runtime.test_float8 import small_model  # the fp8 tests' model: hidden 64, 2 blocks
 
-    model = small_model()
+    model = small_model(ffn=128)
     converted = float8.convert_to_float8(model, "fp8_tensorwise", emulate=True, fp8_all_gather=fp8_gather)
     block = model.layers["0"]
     fp8_weights = sum(block.get_submodule(name.split(".", 2)[2]).weight.numel() for name in converted if name.startswith("layers.0."))
